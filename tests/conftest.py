@@ -1,0 +1,35 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("KV_SHARED_DATA", str(REPO.parent / "shared" / "data"))
+os.environ.setdefault("KV_WEIGHTS_DIR", str(Path(os.environ["KV_SHARED_DATA"]) / "weights"))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    p = Path(os.environ["KV_SHARED_DATA"])
+    if not p.is_dir():
+        pytest.fail(f"shared data folder not found: {p} (set KV_SHARED_DATA)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def videos_dir(shared_data) -> Path:
+    return shared_data / "videos"
+
+
+@pytest.fixture(scope="session")
+def weights_dir(shared_data) -> Path:
+    return Path(os.environ["KV_WEIGHTS_DIR"])
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path_factory, monkeypatch):
+    # keep every cache inside pytest's tmp folder unless a test sets its own
+    if "KV_CACHE_DIR" not in os.environ:
+        monkeypatch.setenv("KV_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kv_cache"))
