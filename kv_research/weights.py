@@ -45,6 +45,30 @@ KNOWN: dict[str, WeightFile] = {
         None,
         "https://download.pytorch.org/models/raft_large_C_T_SKHT_V2-ff5fadd5.pth",
         "RAFT-large, torchvision C_T_SKHT_V2"),
+    # FVD detector. StyleGAN-V's TorchScript export of the TF-Hub i3d-kinetics-400/1 weights (~50 MB), distributed
+    # from a Dropbox link in universome/stylegan-v (src/metrics/frechet_video_distance.py). No sha256 is published
+    # and none was verified here, so it is recorded after loading rather than checked.
+    "i3d_torchscript": WeightFile(
+        "i3d_torchscript", ("i3d_torchscript.pt",),
+        None,
+        None,  # Dropbox share link from StyleGAN-V; not a stable single-file URL
+        "I3D Kinetics-400 TorchScript for FVD (StyleGAN-V 'i3d_torchscript.pt', 400-d logits)"),
+    # CLIPSIM backbone. OpenAI's original JIT archive: the URL path segment is the file's sha256 (OpenAI's clip
+    # package and open_clip check it on download), hence the hash below.
+    "clip_vit_b32_openai": WeightFile(
+        "clip_vit_b32_openai", ("ViT-B-32.pt",),
+        "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",
+        "https://openaipublic.azureedge.net/clip/models/"
+        "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
+        "CLIP ViT-B/32 OpenAI weights (JIT archive), used as open_clip 'ViT-B-32-quickgelu'"),
+    # The same weights converted by open_clip/timm (HF repo timm/vit_base_patch32_clip_224.openai, file
+    # open_clip_model.safetensors or open_clip_pytorch_model.bin); renamed so that no other ViT-B-32 is picked up.
+    "clip_vit_b32_openai_open_clip": WeightFile(
+        "clip_vit_b32_openai_open_clip",
+        ("vit_b32_openai_open_clip_model.safetensors", "vit_b32_openai_open_clip_pytorch_model.bin"),
+        None,
+        None,
+        "CLIP ViT-B/32 OpenAI weights in open_clip format (timm/vit_base_patch32_clip_224.openai, renamed)"),
 }
 
 

@@ -20,6 +20,7 @@ model equals its image model at initialisation.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -171,20 +172,34 @@ def _count(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
+def _closest_width(make, target: int, channels: int) -> int:
+    """Smallest-error hidden width: parameter counts grow with the width, so bisect, then compare neighbours."""
+    lo, hi = 1, channels
+    with torch.device("meta"):
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if _count(make(mid)) < target:
+                lo = mid + 1
+            else:
+                hi = mid
+        cands = [r for r in (lo - 1, lo) if r >= 1]
+        return min(cands, key=lambda r: abs(_count(make(r)) - target))
+
+
+@functools.lru_cache(maxsize=None)
 def conv3d_hidden(channels: int, cond_dim: int, groups: int) -> int:
     """Hidden width of the Conv3D block whose parameter count is closest to the Conv1D block's (same C)."""
     with torch.device("meta"):
         target = _count(TemporalConvBlock("1d", channels, cond_dim, groups))
-        return min(range(1, channels + 1),
-                   key=lambda r: abs(_count(TemporalConvBlock("3d", channels, cond_dim, groups, hidden=r)) - target))
+    return _closest_width(lambda r: TemporalConvBlock("3d", channels, cond_dim, groups, hidden=r), target, channels)
 
 
+@functools.lru_cache(maxsize=None)
 def conv3d_layer_hidden(channels: int, cond_dim: int, groups: int) -> int:
     """Hidden width of one Conv3D layer matching one Conv1D layer's parameters."""
     with torch.device("meta"):
         target = _count(TemporalConv("1d", channels, cond_dim, groups))
-        return min(range(1, channels + 1),
-                   key=lambda r: abs(_count(ProjectedTemporalConv(channels, r, cond_dim, groups, 1)) - target))
+    return _closest_width(lambda r: ProjectedTemporalConv(channels, r, cond_dim, groups, 1), target, channels)
 
 
 # ------------------------------------------------------------------------------------------------ attention

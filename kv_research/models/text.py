@@ -10,21 +10,13 @@ from __future__ import annotations
 
 import re
 import zlib
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..config import TextConfig
+
 BOS, PAD, N_SPECIAL = 1, 0, 2
-
-
-@dataclass
-class TextConfig:
-    vocab_buckets: int = 4096
-    dim: int = 64
-    layers: int = 2
-    heads: int = 4
-    max_len: int = 32
 
 
 def words(prompt: str) -> list[str]:

@@ -1,0 +1,408 @@
+"""Domain evaluators for the synthetic benchmark, trained by the suite itself and cached by config hash.
+
+No pretrained I3D or CLIP exists offline, and a Kinetics I3D would say little about 32-px coloured shapes
+anyway. So the suite trains two small evaluators on its own synthetic clips and reports their quality:
+
+(a) ``SynVideoNet``: a few spatio-temporal 3D convolutions. Its penultimate features give **FVD-syn** (same
+    Fréchet code as FVD) and its heads give **attribute accuracy**. The heads are *colour slots*: for each
+    colour, "is there an object of this colour" and that object's shape / direction / speed / size, plus the
+    background. Why slots instead of "first object" heads: the renderer keeps object paths apart, so which
+    object is "first" (top-most) is invisible in most two-object clips, and a first-object classifier is
+    capped near 50 % there. A prompt's first object is found by its colour instead, which checks attribute
+    *binding* too (a blue circle does not count for "a red circle").
+(b) A small CLIP built from open_clip's own classes (``open_clip.model.CLIP`` with tiny ``CLIPVisionCfg`` /
+    ``CLIPTextCfg``, the real open_clip BPE tokenizer, ``open_clip.loss.ClipLoss``), trained contrastively on
+    (frame, caption) pairs. It gives **CLIPSIM-syn** through the same ``ClipSimExtractor`` as real CLIPSIM.
+    Being per-frame, it can only see appearance words (colour, shape, size, background), not motion words.
+
+``load_or_train_evaluators(data_cfg, preset)`` returns both, training them only when no cached copy with the
+same hash of (data config, preset, code version) exists under ``default_cache_dir()/evaluators``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..utils import atomic_write_bytes, atomic_write_json, config_hash, default_cache_dir
+from ..weights import sha256_file
+from .clipsim import ClipSimExtractor
+from .fvd import DetectorInfo
+
+__all__ = ["EvaluatorPreset", "PRESETS", "SynVideoNet", "SynFeatureExtractor", "Evaluators", "ATTRIBUTES",
+           "load_or_train_evaluators", "attribute_checks", "build_small_clip"]
+
+EVALUATOR_VERSION = 1          # bump when training code changes what a cached evaluator means
+ATTRIBUTES = ("color", "shape", "direction", "speed")   # the ones averaged into attr_acc
+
+
+@dataclass
+class EvaluatorPreset:
+    """Sizes and schedules of both evaluators (hashed into the cache key)."""
+    name: str = "quick"
+    n_train_clips: int = 2048   # clips from the *train* split (indices beyond cfg.n_train are more of the same law)
+    n_eval_clips: int = 256     # held-out clips from the *test* split used for the quality report
+    seed: int = 0
+    # video feature net
+    net_channels: int = 16
+    feat_dim: int = 128
+    net_epochs: int = 8
+    net_batch: int = 32
+    net_lr: float = 3e-3
+    # small CLIP
+    clip_embed_dim: int = 64
+    clip_width: int = 64
+    clip_layers: int = 2
+    clip_patch: int = 4
+    clip_context: int = 40
+    clip_epochs: int = 12
+    clip_batch: int = 128
+    clip_lr: float = 2e-3
+
+
+PRESETS: dict[str, EvaluatorPreset] = {
+    "smoke": EvaluatorPreset(name="smoke", n_train_clips=384, n_eval_clips=64, net_channels=8, feat_dim=64,
+                             net_epochs=3, clip_epochs=4, clip_width=32, clip_embed_dim=32, clip_layers=1),
+    "quick": EvaluatorPreset(name="quick"),
+}
+
+
+# ----------------------------------------------------------------------------------------------- vocabulary
+def _vocab() -> dict[str, list[str]]:
+    from ..data import synthetic as syn
+    return {"color": list(syn.COLORS), "shape": list(syn.SHAPES), "direction": list(syn.DIRECTIONS) + [syn.STILL_DIRECTION],
+            "speed": list(syn.SPEEDS), "size": list(syn.SIZES), "background": list(syn.BACKGROUNDS)}
+
+
+SLOT_ATTRS = ("shape", "direction", "speed", "size")    # predicted per colour slot
+
+
+# ----------------------------------------------------------------------------------------------- (a) video net
+class SynVideoNet(nn.Module):
+    """(B,3,T,32,32) in [0,1] -> (features (B,feat_dim), logits dict). 3D convs see motion directly.
+
+    The stem folds 2x2 pixels into channels (space-to-depth, lossless) before the first 3D convolution: on CPU
+    the cost of 3D convs is dominated by large activations, and this makes training ~3x faster at equal accuracy.
+    """
+
+    def __init__(self, vocab: dict, channels: int = 16, feat_dim: int = 128):
+        super().__init__()
+        c = channels
+        self.vocab = vocab
+
+        def block(i, o, stride):
+            return nn.Sequential(nn.Conv3d(i, o, 3, stride=stride, padding=1, bias=False), nn.BatchNorm3d(o), nn.ReLU())
+        self.body = nn.Sequential(block(12, 2 * c, 1),           # T x 16 x 16 (after space-to-depth)
+                                  block(2 * c, 4 * c, 2),        # T/2 x 8 x 8
+                                  block(4 * c, 8 * c, 2))        # T/4 x 4 x 4
+        self.proj = nn.Sequential(nn.Linear(16 * c, feat_dim), nn.ReLU())      # from [mean, max] pooling
+        n_col = len(vocab["color"])
+        self.sizes = {"presence": n_col, **{a: n_col * len(vocab[a]) for a in SLOT_ATTRS},
+                      "background": len(vocab["background"])}
+        self.head = nn.Linear(feat_dim, sum(self.sizes.values()))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        x = rearrange((x - 0.5) / 0.25, "b c t (h p) (w q) -> b (c p q) t h w", p=2, q=2)  # space-to-depth
+        h = self.body(x)
+        # max pooling keeps small objects visible (a 8-px shape is ~6 % of the frame); mean keeps the scene
+        pooled = torch.cat([h.mean(dim=(2, 3, 4)), h.amax(dim=(2, 3, 4))], dim=1)   # (B, 16c)
+        feats = self.proj(pooled)                                        # (B, feat_dim): FVD-syn features
+        logits = self.head(feats)                                       # (B, sum of head sizes)
+        n_col = len(self.vocab["color"])
+        out, i = {}, 0
+        for k, n in self.sizes.items():
+            z = logits[:, i:i + n]
+            i += n
+            out[k] = z if k in ("presence", "background") else rearrange(z, "b (c k) -> b c k", c=n_col)  # slots
+        return feats, out
+
+
+def _targets(attrs_list: list[dict], vocab: dict) -> dict[str, torch.Tensor]:
+    """Colour-slot targets; -100 (ignored) where a slot has no object or two objects of the same colour."""
+    n, n_col = len(attrs_list), len(vocab["color"])
+    presence = torch.zeros(n, n_col)
+    slots = {a: torch.full((n, n_col), -100, dtype=torch.long) for a in SLOT_ATTRS}
+    bg = torch.empty(n, dtype=torch.long)
+    for i, attrs in enumerate(attrs_list):
+        cols = [o["color"] for o in attrs["objects"]]
+        for o in attrs["objects"]:
+            c = vocab["color"].index(o["color"])
+            presence[i, c] = 1.0
+            if cols.count(o["color"]) == 1:
+                for a in SLOT_ATTRS:
+                    slots[a][i, c] = vocab[a].index(o[a])
+        bg[i] = vocab["background"].index(attrs["background"])
+    return {"presence": presence, "background": bg, **slots}
+
+
+def _loss(out: dict, tgt: dict) -> torch.Tensor:
+    loss = F.binary_cross_entropy_with_logits(out["presence"], tgt["presence"])
+    loss = loss + F.cross_entropy(out["background"], tgt["background"])
+    for a in SLOT_ATTRS:
+        loss = loss + F.cross_entropy(rearrange(out[a], "b c k -> (b c) k"), tgt[a].reshape(-1), ignore_index=-100)
+    return loss
+
+
+def attribute_checks(out: dict, prompts: list[str], vocab: dict) -> dict[str, np.ndarray]:
+    """Per video: does the clip show what the prompt asked of its first object (1.0 / 0.0, NaN if unparseable)?
+
+    colour: an object of the requested colour is detected; shape/direction/speed: the object in that colour slot
+    has them (wrong when no object of that colour is detected); background: the scene background.
+    """
+    from ..data.synthetic import parse_caption
+    n = len(prompts)
+    res = {k: np.full(n, np.nan) for k in (*ATTRIBUTES, "background")}
+    present = (out["presence"] > 0).cpu().numpy()
+    pred = {a: out[a].argmax(-1).cpu().numpy() for a in SLOT_ATTRS}
+    bg = out["background"].argmax(-1).cpu().numpy()
+    for i, p in enumerate(prompts):
+        try:
+            attrs = parse_caption(p)
+        except ValueError:
+            continue
+        o = attrs["objects"][0]
+        c = vocab["color"].index(o["color"])
+        res["color"][i] = float(present[i, c])
+        for a in ("shape", "direction", "speed"):
+            res[a][i] = float(present[i, c] and pred[a][i, c] == vocab[a].index(o[a]))
+        res["background"][i] = float(bg[i] == vocab["background"].index(attrs["background"]))
+    return res
+
+
+def _fit_to(videos: torch.Tensor, frames: int, size: int) -> torch.Tensor:
+    """Bring (B,3,T,H,W) to the evaluator's (frames, size): nearest-index in time, antialiased bilinear in space."""
+    b, _, t, h, w = videos.shape
+    if t != frames:
+        videos = videos[:, :, torch.div(torch.arange(frames) * t, frames, rounding_mode="floor")]
+    if (h, w) != (size, size):
+        x = rearrange(videos, "b c t h w -> (b t) c h w")                           # frames as images
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        videos = rearrange(x, "(b t) c h w -> b c t h w", b=b)
+    return videos.clamp(0, 1)
+
+
+class SynFeatureExtractor(nn.Module):
+    """Wraps ``SynVideoNet`` for the harness: fits inputs to (frames, size); ``.info`` names it and its hash."""
+
+    def __init__(self, net: SynVideoNet, frames: int, size: int, sha256: str, name: str):
+        super().__init__()
+        self.net = net.eval()
+        self.frames, self.size = frames, size
+        self.info = DetectorInfo(name=name, sha256=sha256, feature_dim=net.proj[0].out_features, frames=frames,
+                                 resolution=size, protocol={"frames": frames, "resolution": size, "cov_ddof": 0,
+                                                            "resize": "nearest-time, bilinear-antialias-space"})
+
+    @torch.no_grad()
+    def forward(self, videos: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        dev = next(self.net.parameters()).device
+        return self.net(_fit_to(videos.float(), self.frames, self.size).to(dev))
+
+
+# ----------------------------------------------------------------------------------------------- (b) small CLIP
+def build_small_clip(preset: EvaluatorPreset, image_size: int) -> nn.Module:
+    """A tiny ``open_clip.model.CLIP`` (ViT image tower, transformer text tower, real BPE vocabulary)."""
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    w = preset.clip_width
+    vision = CLIPVisionCfg(layers=preset.clip_layers, width=w, head_width=32, patch_size=preset.clip_patch,
+                           image_size=image_size, mlp_ratio=2.0)
+    text = CLIPTextCfg(context_length=preset.clip_context, vocab_size=49408, width=w, heads=max(1, w // 32),
+                       layers=preset.clip_layers, mlp_ratio=2.0)
+    return CLIP(embed_dim=preset.clip_embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=True)
+
+
+def _small_clip_transform(size: int):
+    def transform(frames: torch.Tensor) -> torch.Tensor:                 # (N,3,H,W) [0,1] -> normalised
+        if frames.shape[-2:] != (size, size):
+            frames = F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return (frames.clamp(0, 1) - 0.5) / 0.5
+    return transform
+
+
+def _tokenizer(context: int):
+    from open_clip.tokenizer import SimpleTokenizer
+    return SimpleTokenizer(context_length=context)
+
+
+# ----------------------------------------------------------------------------------------------- bundle
+@dataclass
+class Evaluators:
+    feature_net: SynFeatureExtractor      # FVD-syn features + attribute heads
+    clip: ClipSimExtractor                # CLIPSIM-syn
+    data_cfg: object
+    preset: EvaluatorPreset
+    vocab: dict
+    report: dict                          # measured quality on held-out clips, training times
+    path: Path
+
+    def attribute_checks(self, out: dict, prompts: list[str]) -> dict[str, np.ndarray]:
+        return attribute_checks(out, prompts, self.vocab)
+
+
+def _render(data_cfg, split: str, n: int, progress: bool) -> tuple[torch.Tensor, list[str], list[dict]]:
+    from ..data.synthetic import make_clip
+    clips = [make_clip(i, data_cfg, split) for i in tqdm(range(n), desc=f"render {split}", disable=not progress,
+                                                          leave=False)]
+    return torch.stack([c.video for c in clips]), [c.caption for c in clips], [c.attrs for c in clips]
+
+
+def load_or_train_evaluators(data_cfg=None, preset: str | EvaluatorPreset = "quick", cache_dir=None,
+                             progress: bool = True, device: str = "cpu") -> Evaluators:
+    """Cached evaluators for ``data_cfg`` (a ``SyntheticConfig``); trains and caches them on a miss."""
+    from ..data.synthetic import SyntheticConfig
+    data_cfg = data_cfg or SyntheticConfig()
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown evaluator preset {preset!r}; known: {sorted(PRESETS)}")
+        preset = PRESETS[preset]
+    vocab = _vocab()
+    key = config_hash({"data": data_cfg, "preset": preset, "version": EVALUATOR_VERSION, "vocab": vocab})
+    folder = Path(cache_dir or default_cache_dir()) / "evaluators" / f"{preset.name}-{key}"
+    if not (folder / "config.json").is_file():
+        _train_and_save(folder, data_cfg, preset, vocab, progress, device)
+    return _load(folder, data_cfg, preset, vocab, key, device)
+
+
+def _load(folder: Path, data_cfg, preset, vocab, key: str, device) -> Evaluators:
+    from safetensors.torch import load_file
+    report = json.loads((folder / "config.json").read_text())
+    net = SynVideoNet(vocab, preset.net_channels, preset.feat_dim)
+    net.load_state_dict(load_file(folder / "featnet.safetensors"))
+    clip = build_small_clip(preset, data_cfg.size)
+    clip.load_state_dict(load_file(folder / "clip.safetensors"))
+    fx = SynFeatureExtractor(net.to(device), data_cfg.frames, data_cfg.size, sha256_file(folder / "featnet.safetensors"),
+                             name=f"syn-videonet {preset.name}-{key}")
+    cx = ClipSimExtractor(clip.to(device), _small_clip_transform(data_cfg.size), _tokenizer(preset.clip_context),
+                          name=f"syn-clip {preset.name}-{key}", sha256=sha256_file(folder / "clip.safetensors"))
+    return Evaluators(fx, cx, data_cfg, preset, vocab, report, folder)
+
+
+def _train_and_save(folder: Path, data_cfg, preset: EvaluatorPreset, vocab: dict, progress: bool, device) -> None:
+    from safetensors.torch import save
+    torch.manual_seed(preset.seed)
+    t0 = time.perf_counter()
+    x_tr, cap_tr, attrs_tr = _render(data_cfg, "train", preset.n_train_clips, progress)
+    x_te, cap_te, attrs_te = _render(data_cfg, "test", preset.n_eval_clips, progress)
+    t_data = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    net = _train_net(x_tr, attrs_tr, vocab, preset, progress, device)
+    t_net = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    clip = _train_clip(x_tr, cap_tr, preset, data_cfg.size, progress, device)
+    t_clip = time.perf_counter() - t0
+
+    report = {"data_cfg": dataclasses.asdict(data_cfg), "preset": dataclasses.asdict(preset), "vocab": vocab,
+              "version": EVALUATOR_VERSION,
+              "train_seconds": {"render": round(t_data, 2), "videonet": round(t_net, 2), "clip": round(t_clip, 2)},
+              "quality": {"videonet": _net_quality(net, x_te, cap_te, attrs_te, vocab),
+                          "clip": _clip_quality(clip, x_te, cap_te, preset, data_cfg.size),
+                          "held_out": f"{preset.n_eval_clips} test-split clips (captions not in train)"}}
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / "featnet.safetensors", save({k: v.contiguous() for k, v in net.state_dict().items()}))
+    atomic_write_bytes(folder / "clip.safetensors", save({k: v.contiguous() for k, v in clip.state_dict().items()}))
+    atomic_write_json(folder / "config.json", report)      # written last: its presence marks a complete cache entry
+
+
+def _train_net(x, attrs, vocab, preset: EvaluatorPreset, progress: bool, device) -> SynVideoNet:
+    net = SynVideoNet(vocab, preset.net_channels, preset.feat_dim).to(device)
+    tgt = _targets(attrs, vocab)
+    opt = torch.optim.AdamW(net.parameters(), lr=preset.net_lr, weight_decay=1e-4)
+    steps = preset.net_epochs * (len(x) // preset.net_batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=preset.net_lr, total_steps=max(steps, 1), pct_start=0.15)
+    g = torch.Generator().manual_seed(preset.seed)
+    bar = tqdm(total=steps, desc=f"train videonet ({preset.name})", disable=not progress, leave=False)
+    net.train()
+    for _ in range(preset.net_epochs):
+        perm = torch.randperm(len(x), generator=g)
+        for j in range(len(x) // preset.net_batch):
+            idx = perm[j * preset.net_batch:(j + 1) * preset.net_batch]
+            _, out = net(x[idx].to(device))
+            loss = _loss(out, {k: v[idx].to(device) for k, v in tgt.items()})
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    return net.eval().cpu()
+
+
+@torch.no_grad()
+def _net_quality(net: SynVideoNet, x, captions, attrs, vocab) -> dict:
+    """Held-out accuracy: per head (slots with a unique object) and the prompt checks used as attr_acc."""
+    outs = [net(b)[1] for b in torch.split(x, 64)]
+    out = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+    tgt = _targets(attrs, vocab)
+    q = {"presence_acc": float(((out["presence"] > 0).float() == tgt["presence"]).float().mean()),
+         "background_acc": float((out["background"].argmax(-1) == tgt["background"]).float().mean())}
+    for a in SLOT_ATTRS:
+        m = tgt[a] >= 0
+        q[f"{a}_acc"] = float((out[a].argmax(-1)[m] == tgt[a][m]).float().mean())
+    checks = attribute_checks(out, captions, vocab)
+    q["prompt_checks_on_real_clips"] = {k: float(np.nanmean(v)) for k, v in checks.items()}
+    q["attr_acc_on_real_clips"] = float(np.nanmean(np.stack([checks[a] for a in ATTRIBUTES])))
+    return q
+
+
+def _train_clip(x, captions, preset: EvaluatorPreset, size: int, progress: bool, device) -> nn.Module:
+    from open_clip.loss import ClipLoss
+    model = build_small_clip(preset, size).to(device)
+    tok = _tokenizer(preset.clip_context)
+    tokens = tok(captions)                                                   # (N, context)
+    transform = _small_clip_transform(size)
+    loss_fn = ClipLoss()
+    opt = torch.optim.AdamW(model.parameters(), lr=preset.clip_lr, weight_decay=0.05)
+    per_epoch = max(len(x) // preset.clip_batch, 1)
+    steps = preset.clip_epochs * per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=preset.clip_lr, total_steps=steps, pct_start=0.1)
+    g = torch.Generator().manual_seed(preset.seed + 1)
+    bar = tqdm(total=steps, desc=f"train small CLIP ({preset.name})", disable=not progress, leave=False)
+    model.train()
+    t = x.shape[2]
+    for _ in range(preset.clip_epochs):
+        perm = torch.randperm(len(x), generator=g)
+        for j in range(per_epoch):
+            idx = perm[j * preset.clip_batch:(j + 1) * preset.clip_batch]
+            frame = torch.randint(0, t, (len(idx),), generator=g)
+            images = rearrange(x[idx], "b c t h w -> b t c h w")[torch.arange(len(idx)), frame]  # one frame per clip
+            img = F.normalize(model.encode_image(transform(images).to(device)), dim=-1)
+            txt = F.normalize(model.encode_text(tokens[idx].to(device)), dim=-1)
+            loss = loss_fn(img, txt, model.logit_scale.exp())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, np.log(100.0))
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    return model.eval().cpu()
+
+
+@torch.no_grad()
+def _clip_quality(model, x, captions, preset: EvaluatorPreset, size: int) -> dict:
+    """Text->video retrieval on held-out clips and CLIPSIM-syn of real vs shuffled captions."""
+    ex = ClipSimExtractor(model, _small_clip_transform(size), _tokenizer(preset.clip_context), "syn-clip", "")
+    img = torch.cat([ex.encode_frames(b) for b in torch.split(x, 64)])      # (N, T, D)
+    vid = F.normalize(img.mean(dim=1), dim=-1)                               # (N, D) video embedding
+    txt = ex.encode_text(captions)                                           # (N, D)
+    sim = txt @ vid.T                                                        # (N text, N video)
+    rank = (sim > sim.diag()[:, None]).sum(dim=1)                            # videos scoring above the true one
+    matched = torch.einsum("ntd,nd->nt", img, txt).mean(1)
+    shuffled = torch.einsum("ntd,nd->nt", img, txt.roll(1, dims=0)).mean(1)
+    n = len(captions)
+    return {"retrieval_top1": float((rank == 0).float().mean()), "retrieval_top5": float((rank < 5).float().mean()),
+            "retrieval_chance_top1": 1.0 / n, "n": n,
+            "clipsim_syn_matched": float(matched.mean()), "clipsim_syn_shuffled": float(shuffled.mean()),
+            "clipsim_syn_matched_beats_shuffled": float((matched > shuffled).float().mean())}

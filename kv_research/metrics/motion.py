@@ -1,0 +1,377 @@
+"""RAFT-measured motion: THE one motion-score definition, used for training labels and for generated videos.
+
+Definition (``motion_score``)::
+
+    frames  -> resized so the short side is exactly ``work_size`` px (bilinear; antialiased when shrinking;
+               the long side keeps the aspect ratio, rounded to an integer), values mapped [0,1] -> [-1,1]
+    pair t  -> torchvision RAFT flow from frame t to t+1 (``num_flow_updates`` refinements), computed on the
+               frames replicate-padded to a multiple of 8 and then unpadded back to the working size
+    score   =  mean over pairs t of  mean over pixels of ||flow_t||_2   *   256 / min(H', W')
+
+where (H', W') is the working size, so the score is in "pixels per frame at a 256-px short side" (the VBench
+normalisation, eval.md 3.7) and does not depend on the input or working resolution for the same content.
+
+Why a working size: RAFT's 4-level correlation pyramid needs feature maps of at least 16x16, i.e. frames of at
+least 128 px (torchvision refuses smaller ones), and the 32-px synthetic clips are far below that. We upsample
+them 4x to 128 px. Real videos are downsampled to the same 128-px short side, which also keeps the CPU cost
+bounded. Defaults (``MotionConfig``): RAFT-small, work_size 128, num_flow_updates 12.
+
+The VBench (``dynamic_degree``) and EvalCrafter (``flow_score``) statistics are computed from the same flows,
+for comparison with published numbers; their conventions are documented at each function.
+Weights come from ``kv_research.weights.find_weights``: torchvision's files, or princeton-vl's raft-small.pth
+mapped key by key onto torchvision ``raft_small`` (eval.md 3.2) and loaded strictly.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from tqdm.auto import tqdm
+
+from kv_research.utils import atomic_write_json, config_hash, default_cache_dir
+from kv_research.weights import MissingWeightsError, find_weights, sha256_file
+
+__all__ = ["MotionConfig", "load_raft", "princeton_to_torchvision", "flow_pairs", "motion_stats", "motion_score",
+           "dynamic_degree", "flow_score", "MotionLabelCache", "weights_fingerprint"]
+
+
+@dataclass
+class MotionConfig:
+    kind: str = "small"           # torchvision raft_small / raft_large
+    work_size: int = 128          # short side (px) of the frames the flow is computed on
+    num_flow_updates: int = 12    # RAFT refinement iterations
+    statistic: str = "mean_flow_magnitude_256px_v1"   # bump to invalidate cached labels if the definition changes
+
+
+_DEFAULT = MotionConfig()
+
+
+# ----------------------------------------------------------------------------------------------- weights
+_PRINCETON_RULES = [  # (regex on the key without 'module.', replacement), applied in order (eval.md 3.2)
+    (r"^fnet\.", "feature_encoder."), (r"^cnet\.", "context_encoder."),
+    (r"^(feature_encoder|context_encoder)\.conv1\.", r"\1.convnormrelu.0."),
+    (r"^(feature_encoder|context_encoder)\.conv2\.", r"\1.conv."),
+    (r"(layer\d\.\d)\.conv(\d)\.", r"\1.convnormrelu\2.0."),
+    (r"^update_block\.encoder\.convc1\.", "update_block.motion_encoder.convcorr1.0."),
+    (r"^update_block\.encoder\.convf1\.", "update_block.motion_encoder.convflow1.0."),
+    (r"^update_block\.encoder\.convf2\.", "update_block.motion_encoder.convflow2.0."),
+    (r"^update_block\.encoder\.conv\.", "update_block.motion_encoder.conv.0."),
+    (r"^update_block\.gru\.", "update_block.recurrent_block.convgru1."),
+]
+
+
+def princeton_to_torchvision(state: dict) -> dict:
+    """Rename a princeton-vl RAFT-small state dict ('module.fnet.conv1.weight', ...) to torchvision names."""
+    out = {}
+    for k, v in state.items():
+        new = k.removeprefix("module.")
+        for pat, rep in _PRINCETON_RULES:
+            new = re.sub(pat, rep, new)
+        out[new] = v
+    return out
+
+
+def load_raft(kind: str = "small", path=None, device="cpu") -> torch.nn.Module:
+    """torchvision RAFT in eval mode with verified weights (sha256 via find_weights), loaded with strict=True.
+
+    kind='small': torchvision ``raft_small_C_T_V2`` if present, else princeton-vl ``raft-small.pth`` (mapped).
+    kind='large': torchvision ``raft_large_C_T_SKHT_V2``. ``path`` may name a file or a folder.
+    The model gets ``model.kv_weights = {key, path, sha256}`` so results can name their detector.
+    """
+    from torchvision.models.optical_flow import raft_large, raft_small
+    keys = {"small": ["raft_small_tv", "raft_small_princeton"], "large": ["raft_large_tv"]}.get(kind)
+    if keys is None:
+        raise ValueError(f"unknown RAFT kind {kind!r}; use 'small' or 'large'")
+    errors, file, key = [], None, None
+    for key in keys:
+        try:
+            file = find_weights(key, path)
+            break
+        except MissingWeightsError as e:
+            errors.append(str(e))
+    if file is None:
+        raise MissingWeightsError("No RAFT-%s weights found. Tried:\n\n%s" % (kind, "\n\n".join(errors)))
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    if any(k.startswith(("module.", "fnet.")) for k in state):
+        state = princeton_to_torchvision(state)
+    model = (raft_small if kind == "small" else raft_large)(weights=None, progress=False)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise RuntimeError(f"{file}: weights do not fit torchvision raft_{kind}: {e}") from e
+    model.kv_weights = {"key": key, "path": str(file), "sha256": sha256_file(file)}
+    return model.eval().requires_grad_(False).to(device)
+
+
+def weights_fingerprint(raft: torch.nn.Module) -> str:
+    """sha256 of the weight file if known (load_raft sets it), else of the parameters themselves."""
+    info = getattr(raft, "kv_weights", None)
+    if info:
+        return info["sha256"]
+    h = hashlib.sha256()
+    for k, v in sorted(raft.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+_RAFT_CACHE: dict = {}
+
+
+def _default_raft(kind: str, device) -> torch.nn.Module:
+    key = (kind, str(device))
+    if key not in _RAFT_CACHE:
+        _RAFT_CACHE[key] = load_raft(kind, device=device)
+    return _RAFT_CACHE[key]
+
+
+# ----------------------------------------------------------------------------------------------- flows
+def working_size(h: int, w: int, work_size: int) -> tuple[int, int]:
+    """(H', W'): short side = work_size, long side scaled by the same factor (rounded)."""
+    s = work_size / min(h, w)
+    return (work_size, max(work_size, round(w * s))) if h <= w else (max(work_size, round(h * s)), work_size)
+
+
+def _prepare(frames: torch.Tensor, work_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(N,3,H,W) in [0,1] -> (N,3,Hp,Wp) in [-1,1], resized to the working size and padded to a multiple of 8."""
+    h, w = frames.shape[-2:]
+    hw = working_size(h, w, work_size)
+    if (h, w) != hw:
+        frames = F.interpolate(frames, size=hw, mode="bilinear", align_corners=False, antialias=min(h, w) > work_size)
+    ph, pw = (-hw[0]) % 8, (-hw[1]) % 8
+    if ph or pw:
+        frames = F.pad(frames, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="replicate")
+    return frames * 2 - 1, hw
+
+
+def _as_batch(video: torch.Tensor) -> torch.Tensor:
+    if video.ndim == 4:
+        video = video[None]
+    if video.ndim != 5 or video.shape[1] != 3:
+        raise ValueError(f"expected a video (B,3,T,H,W) or (3,T,H,W), got shape {tuple(video.shape)}")
+    if video.shape[2] < 2:
+        raise ValueError(f"motion needs at least 2 frames, got T={video.shape[2]}")
+    if not video.is_floating_point():
+        raise TypeError(f"expected float video in [0,1], got dtype {video.dtype} (divide uint8 by 255)")
+    return video
+
+
+def _iter_flows(video: torch.Tensor, raft, work_size: int, num_flow_updates: int, batch_size: int, device,
+                progress: bool):
+    """Yield (clip index (P,), pair index (P,), flows (P,2,H',W')) over chunks of consecutive-frame pairs."""
+    b, _, t, h, w = video.shape
+    per_chunk = max(1, batch_size // (t - 1))          # whole clips per chunk, so each frame is resized once
+    bar = tqdm(total=b * (t - 1), desc="RAFT pairs", unit="pair", disable=not progress)
+    for c0 in range(0, b, per_chunk):
+        clips = video[c0:c0 + per_chunk].to(device, torch.float32)
+        n = clips.shape[0]
+        frames, hw = _prepare(rearrange(clips, "b c t h w -> (b t) c h w"), work_size)
+        frames = rearrange(frames, "(b t) c h w -> b t c h w", b=n)
+        img1 = rearrange(frames[:, :-1], "b t c h w -> (b t) c h w")     # (n*(t-1), 3, Hp, Wp)
+        img2 = rearrange(frames[:, 1:], "b t c h w -> (b t) c h w")
+        clip_idx = torch.arange(c0, c0 + n).repeat_interleave(t - 1)
+        pair_idx = torch.arange(t - 1).repeat(n)
+        for p0 in range(0, img1.shape[0], batch_size):
+            flow = raft(img1[p0:p0 + batch_size], img2[p0:p0 + batch_size], num_flow_updates=num_flow_updates)[-1]
+            top, left = (flow.shape[-2] - hw[0]) // 2, (flow.shape[-1] - hw[1]) // 2
+            flow = flow[..., top:top + hw[0], left:left + hw[1]]          # unpad: (P, 2, H', W')
+            bar.update(flow.shape[0])
+            yield clip_idx[p0:p0 + batch_size], pair_idx[p0:p0 + batch_size], flow
+    bar.close()
+
+
+@torch.no_grad()
+def flow_pairs(video: torch.Tensor, raft=None, *, work_size: int = _DEFAULT.work_size,
+               num_flow_updates: int = _DEFAULT.num_flow_updates, batch_size: int = 16, device=None,
+               progress: bool = False) -> torch.Tensor:
+    """Flows between consecutive frames, (B, T-1, 2, H', W') in working-size pixels (u = x, v = y).
+
+    Holds every flow in memory; for statistics over many videos use ``motion_stats``, which does not.
+    """
+    video = _as_batch(video)
+    raft, device = _resolve(raft, device)
+    b, t = video.shape[0], video.shape[2]
+    out = None
+    for ci, pi, flow in _iter_flows(video, raft, work_size, num_flow_updates, batch_size, device, progress):
+        if out is None:
+            out = torch.empty(b, t - 1, *flow.shape[1:])
+        out[ci, pi] = flow.float().cpu()
+    return out
+
+
+def _resolve(raft, device):
+    if raft is None:
+        raft = _default_raft(_DEFAULT.kind, device or "cpu")
+    if device is None:
+        device = next(raft.parameters()).device
+    return raft, device
+
+
+# ----------------------------------------------------------------------------------------------- statistics
+@torch.no_grad()
+def motion_stats(video: torch.Tensor, raft=None, *, work_size: int = _DEFAULT.work_size,
+                 num_flow_updates: int = _DEFAULT.num_flow_updates, batch_size: int = 16, device=None,
+                 progress: bool = False, top_fraction: float = 0.05) -> dict[str, torch.Tensor]:
+    """One RAFT pass, every statistic. Returns per-pair tensors (B, T-1), all normalised to a 256-px short side:
+
+    ``mean`` (mean |flow| over pixels) and ``top`` (mean of the largest ``top_fraction`` of |flow|, VBench);
+    plus ``motion_score`` (B,) = mean over pairs of ``mean`` and ``scale_to_input`` (B,) = min(H,W)/256,
+    which converts a normalised value back to pixels of the input video.
+    """
+    video = _as_batch(video)
+    raft, device = _resolve(raft, device)
+    b, _, t, h, w = video.shape
+    mean, top = torch.zeros(b, t - 1), torch.zeros(b, t - 1)
+    for ci, pi, flow in _iter_flows(video, raft, work_size, num_flow_updates, batch_size, device, progress):
+        norm = 256.0 / min(flow.shape[-2:])
+        mag = rearrange(flow.float().norm(dim=1), "p h w -> p (h w)")        # (P, H'*W') in working px
+        k = max(1, int(mag.shape[1] * top_fraction))
+        mean[ci, pi] = mag.mean(dim=1).cpu() * norm
+        top[ci, pi] = mag.topk(k, dim=1).values.mean(dim=1).cpu() * norm
+    return {"mean": mean, "top": top, "motion_score": mean.mean(dim=1),
+            "scale_to_input": torch.full((b,), min(h, w) / 256.0)}
+
+
+def motion_score(video: torch.Tensor, raft=None, **kw) -> torch.Tensor:
+    """(B,) THE motion score: mean over consecutive pairs of the mean flow magnitude, px at a 256-px short side.
+
+    Same function for training labels (via MotionLabelCache) and for generated videos. Keyword arguments as in
+    ``motion_stats`` (work_size=128, num_flow_updates=12, batch_size, device, progress).
+    """
+    return motion_stats(video, raft, **kw)["motion_score"]
+
+
+def flow_score(video: torch.Tensor, raft=None, **kw) -> torch.Tensor:
+    """(B,) EvalCrafter flow score: mean |flow| over all pixels and pairs, in pixels of the INPUT video per frame.
+
+    EvalCrafter runs princeton RAFT (raft-things, 20 iterations) at native resolution and fps; here the flow is
+    computed at the working size and rescaled to input pixels (= motion_score * min(H, W) / 256). Its motion
+    AC-score threshold is 5 px ("large" above).
+    """
+    s = motion_stats(video, raft, **kw)
+    return s["motion_score"] * s["scale_to_input"]
+
+
+def dynamic_degree(video: torch.Tensor, raft=None, *, threshold: float = 6.0, return_counts: bool = False, **kw):
+    """(B,) bool, VBench dynamic degree: a video is dynamic when at least ``max(1, round(4 * T / 16))`` pairs have
+    a top-5 % mean |flow| above ``threshold`` px at a 256-px short side (VBench: 6 * min(H,W)/256 native px).
+
+    VBench samples frames at about 8 fps first (``read_video(..., fps=8)``) and uses raft-things with 20
+    iterations; the benchmark score is the fraction of dynamic videos. ``max(1, .)`` avoids VBench's
+    round(0.5) = 0, which would call every 2-frame video dynamic.
+    """
+    s = motion_stats(video, raft, **kw)
+    t = s["top"].shape[1] + 1
+    need = max(1, round(4 * t / 16))
+    counts = (s["top"] > threshold).sum(dim=1)
+    return (counts >= need, counts) if return_counts else counts >= need
+
+
+# ----------------------------------------------------------------------------------------------- label cache
+class MotionLabelCache:
+    """Per-clip motion labels on disk, keyed by clip id + motion config hash + weights hash.
+
+    Layout: ``<root>/motion_labels/<config hash>-<weights sha256[:12]>/<clip id>.json`` with
+    {clip_id, motion_score, config, weights}; one small file per clip, written atomically, so concurrent
+    labelling processes never corrupt each other and a crash loses at most the current batch.
+    The RAFT model is loaded only when a label is missing (the weights hash needs just the file).
+    """
+
+    def __init__(self, root=None, raft: torch.nn.Module | None = None, *, cfg: MotionConfig | None = None,
+                 weights_path=None, batch_size: int = 16, device="cpu", flush_every: int = 32):
+        self.cfg = cfg or MotionConfig()
+        self.flush_every = flush_every
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self.batch_size, self.device, self._raft, self._weights_path = batch_size, device, raft, weights_path
+        if raft is not None:
+            self.weights_hash = weights_fingerprint(raft)
+        else:
+            keys = {"small": ["raft_small_tv", "raft_small_princeton"], "large": ["raft_large_tv"]}[self.cfg.kind]
+            errors = []
+            for key in keys:
+                try:
+                    self.weights_hash = sha256_file(find_weights(key, weights_path))
+                    break
+                except MissingWeightsError as e:
+                    errors.append(str(e))
+            else:
+                raise MissingWeightsError("No RAFT weights for motion labels. Tried:\n\n" + "\n\n".join(errors))
+        self.namespace = f"{config_hash(self.cfg)}-{self.weights_hash[:12]}"
+        self.dir = self.root / "motion_labels" / self.namespace
+
+    @property
+    def raft(self) -> torch.nn.Module:
+        if self._raft is None:
+            self._raft = load_raft(self.cfg.kind, self._weights_path, self.device)
+        return self._raft
+
+    def _file(self, clip_id: str) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", clip_id)[:100]
+        if safe != clip_id:
+            safe += "-" + hashlib.sha1(clip_id.encode()).hexdigest()[:8]
+        return self.dir / f"{safe}.json"
+
+    def get(self, clip_id: str) -> float | None:
+        import json
+        f = self._file(clip_id)
+        if not f.is_file():
+            return None
+        rec = json.loads(f.read_text())
+        if rec.get("clip_id") != clip_id:       # a sanitised-name collision; treat as missing
+            return None
+        return float(rec["motion_score"])
+
+    def put(self, clip_id: str, score: float) -> None:
+        atomic_write_json(self._file(clip_id), {"clip_id": clip_id, "motion_score": float(score),
+                                                "config": asdict(self.cfg), "weights_sha256": self.weights_hash})
+
+    def labels(self, clip_ids: Sequence[str], videos: Sequence[torch.Tensor] | Callable[[str], torch.Tensor], *,
+               progress: bool = True) -> np.ndarray:
+        """Motion scores for ``clip_ids`` (float64 array), computing and storing only the missing ones.
+
+        ``videos`` is a sequence aligned with ``clip_ids`` or a function clip_id -> (3,T,H,W) video in [0,1].
+        Missing clips are batched (clips of equal shape together) so RAFT sees ``batch_size`` pairs at a time.
+        """
+        out = np.array([np.nan if (s := self.get(c)) is None else s for c in clip_ids], dtype=np.float64)
+        todo = [i for i in range(len(clip_ids)) if np.isnan(out[i])]
+        bar = tqdm(total=len(todo), desc="motion labels", unit="clip", disable=not progress or not todo)
+        pending: list[tuple[int, torch.Tensor]] = []
+
+        def flush():
+            groups: dict[tuple, list] = {}
+            for i, v in pending:
+                groups.setdefault(tuple(v.shape), []).append((i, v))
+            for group in groups.values():
+                scores = motion_score(torch.stack([v for _, v in group]), self.raft, work_size=self.cfg.work_size,
+                                      num_flow_updates=self.cfg.num_flow_updates, batch_size=self.batch_size,
+                                      device=self.device)
+                for (i, _), s in zip(group, scores.tolist()):
+                    self.put(clip_ids[i], s)
+                    out[i] = s
+                bar.update(len(group))
+            pending.clear()
+
+        for i in todo:   # labels are written every `flush_every` clips, so an interrupted run keeps its work
+            pending.append((i, videos(clip_ids[i]) if callable(videos) else videos[i]))
+            if len(pending) >= self.flush_every:
+                flush()
+        flush()
+        bar.close()
+        return out
+
+    def label_synthetic(self, cfg=None, split: str = "train", n: int | None = None, *,
+                        progress: bool = True) -> np.ndarray:
+        """Labels of the first ``n`` clips of a synthetic split (all of it by default)."""
+        from kv_research.data.synthetic import SyntheticConfig, clip_id, make_clip
+        cfg = cfg or SyntheticConfig()
+        n = n if n is not None else {"train": cfg.n_train, "test": cfg.n_test}[split]
+        ids = [clip_id(i, cfg, split) for i in range(n)]
+        index = {c: i for i, c in enumerate(ids)}
+        return self.labels(ids, lambda cid: make_clip(index[cid], cfg, split).video, progress=progress)

@@ -1,0 +1,170 @@
+"""The Kandinsky Video 1.1 keyframe pipeline around a KeyframeUNet: losses for image pretraining and video
+fine-tuning, and generation (first frame in text-to-image mode, then keyframes conditioned on it).
+
+Generation is seeded per sample: ``sample_seed(prompt, index, base_seed)`` gives each sample its own generator, and
+every random draw of that sample (first-frame noise, its noise augmentation, keyframe noise) comes from it in a fixed
+order. A sample therefore does not depend on the batch it was generated in.
+"""
+from __future__ import annotations
+
+import zlib
+
+import torch
+from torch import nn
+
+from .config import DiffusionConfig, Preset
+from .diffusion import Diffusion, cfg_combine, from_model, three_way_combine, to_model
+from .models.text import TextEncoder
+from .models.unet import KeyframeUNet, inflate
+
+
+def sample_seed(prompt: str, index: int, base_seed: int = 0) -> int:
+    return zlib.crc32(f"{base_seed}|{index}|{prompt}".encode()) & 0x7FFFFFFF
+
+
+class KeyframePipeline(nn.Module):
+    def __init__(self, unet: KeyframeUNet, text_encoder: TextEncoder, diffusion_cfg: DiffusionConfig):
+        super().__init__()
+        self.unet = unet
+        self.text_encoder = text_encoder
+        self.diffusion_cfg = diffusion_cfg
+        self.diffusion = Diffusion(diffusion_cfg)
+
+    @classmethod
+    def from_preset(cls, preset: Preset, variant: str = "Spatial") -> "KeyframePipeline":
+        import dataclasses
+        unet = KeyframeUNet(dataclasses.replace(preset.unet, variant="Spatial"))
+        pipe = cls(unet, TextEncoder(preset.text), preset.diffusion)
+        return pipe if variant == "Spatial" else pipe.inflated(variant)
+
+    def inflated(self, variant: str, train_spatial: bool = False) -> "KeyframePipeline":
+        """A new pipeline whose UNet is this (image) UNet inflated; the text encoder is shared and frozen."""
+        vid = KeyframePipeline(inflate(self.unet, variant, train_spatial=train_spatial), self.text_encoder,
+                               self.diffusion_cfg)
+        for p in vid.text_encoder.parameters():
+            p.requires_grad_(train_spatial)
+        return vid
+
+    @property
+    def device(self):
+        return next(self.unet.parameters()).device
+
+    def encode_text(self, prompts: list[str]):
+        return self.text_encoder(prompts)
+
+    # -------------------------------------------------------------------------------------------- losses
+    def image_loss(self, frames01: torch.Tensor, captions: list[str], generator: torch.Generator | None = None):
+        """Text-to-image loss on single frames (B, 3, H, W): the image model is a UNet called with T = 1."""
+        x0 = to_model(frames01)[:, :, None]                                    # (b, c, h, w) -> (b, c, 1, h, w)
+        captions = self._drop_text(captions, generator)
+        text, mask = self.encode_text(captions)
+        t = self.diffusion.sample_t(x0.shape[0], generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        out = self.unet(self.diffusion.q_sample(x0, t, noise), t, text, mask)
+        return self.diffusion.loss(out, x0, t, noise)
+
+    def video_loss(self, clips01: torch.Tensor, captions: list[str], motion: torch.Tensor,
+                   generator: torch.Generator | None = None):
+        """Keyframe loss with KV 1.1 conditioning: the clip's first frame, noise-augmented to a random level
+        (passed as a condition), is concatenated on channels; the motion score label is a condition too."""
+        cfg = self.diffusion_cfg
+        B = clips01.shape[0]
+        x0 = to_model(clips01)
+        captions = self._drop_text(captions, generator)
+        text, mask = self.encode_text(captions)
+        level = torch.randint(0, cfg.noise_aug_max + 1, (B,), generator=generator)
+        first = self.diffusion.augment_first_frame(x0[:, :, 0], level, None)
+        keep_image = (torch.rand(B, generator=generator) >= cfg.p_uncond_image).to(x0.device)
+        t = self.diffusion.sample_t(B, generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        x_t = self.diffusion.q_sample(x0, t, noise)
+        # dropping the image = the "no image" branch of three-way guidance: zero condition and zero mask
+        out = self._video_forward(x_t, t, text, mask, first, keep_image, motion.to(x0.device),
+                                  level.to(x0.device).float())
+        return self.diffusion.loss(out, x0, t, noise)
+
+    def _video_forward(self, x_t, t, text, mask, first, keep_image, motion, level):
+        if bool(keep_image.all()):
+            return self.unet(x_t, t, text, mask, first_frame=first, motion_score=motion, noise_level=level)
+        outs = []
+        for keep in (True, False):
+            idx = (keep_image > 0) if keep else (keep_image == 0)
+            if idx.any():
+                o = self.unet(x_t[idx], t[idx], text[idx], mask[idx], first_frame=first[idx] if keep else None,
+                              motion_score=motion[idx], noise_level=level[idx])
+                outs.append((idx, o))
+        out = torch.empty_like(x_t)
+        for idx, o in outs:
+            out[idx] = o.to(out.dtype)
+        return out
+
+    def _drop_text(self, captions: list[str], generator) -> list[str]:
+        drop = torch.rand(len(captions), generator=generator) < self.diffusion_cfg.p_uncond_text
+        return ["" if d else c for c, d in zip(captions, drop.tolist())]
+
+    # ------------------------------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate_images(self, prompts: list[str], generators: list[torch.Generator], size: int,
+                        steps: int | None = None) -> torch.Tensor:
+        """Text-to-image mode with classifier-free guidance; returns (B, 3, H, W) in [-1, 1]."""
+        B, dev = len(prompts), self.device
+        text, mask = self.encode_text(list(prompts) + [""] * B)
+        w = self.diffusion_cfg.guidance_text
+
+        def denoise(x, t):
+            out = self.unet(torch.cat([x, x]), torch.cat([t, t]), text, mask)
+            return cfg_combine(*out.chunk(2), w)
+
+        x = self.diffusion.sample(denoise, (B, self.unet.config.in_channels, 1, size, size), generators, dev,
+                                  steps=steps)
+        return x[:, :, 0]
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], seeds: list[int], motion: torch.Tensor | list[float] | None,
+                 frames: int, size: int, first_frames01: torch.Tensor | None = None, steps: int | None = None,
+                 progress: bool = False) -> torch.Tensor:
+        """Text-to-video as in KV 1.1. Returns videos (B, 3, T, H, W) in [0, 1].
+
+        1. the first frame by the text-to-image mode (unless ``first_frames01`` is given: image-to-video);
+        2. its noise augmentation at ``noise_aug_level``, the level passed as a condition;
+        3. the keyframes conditioned on it with three-way guidance [text+image, image, nothing].
+        """
+        cfg, dev, B = self.diffusion_cfg, self.device, len(prompts)
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        if first_frames01 is None:
+            first = self.generate_images(prompts, gens, size, steps)
+        else:
+            first = to_model(first_frames01.to(dev))
+        if self.unet.video_in_conv is None:  # a bare text-to-image model: every frame independently
+            frames_out = [first] + [self.generate_images(prompts, gens, size, steps) for _ in range(frames - 1)]
+            return from_model(torch.stack(frames_out, dim=2))
+        level = torch.full((B,), float(cfg.noise_aug_level), device=dev)
+        first_aug = self.diffusion.augment_first_frame(first, level, gens)
+        motion_t = torch.zeros(B) if motion is None else torch.as_tensor(motion, dtype=torch.float32).reshape(B)
+        motion_t = motion_t.to(dev)
+        text, mask = self.encode_text(list(prompts) + [""] * B)
+        null_text, null_mask = text[B:], mask[B:]
+        wt, wi = cfg.guidance_text, cfg.guidance_image
+
+        def denoise(x, t):
+            if wi == 1.0:  # e_0 + 1 (e_I - e_0) + w_T (e_TI - e_I): the image-free branch cancels, skip it
+                out = self.unet(torch.cat([x, x]), torch.cat([t, t]), torch.cat([text[:B], null_text]),
+                                torch.cat([mask[:B], null_mask]), first_frame=torch.cat([first_aug, first_aug]),
+                                motion_score=torch.cat([motion_t, motion_t]), noise_level=torch.cat([level, level]))
+                e_ti, e_i = out.chunk(2)
+                return cfg_combine(e_ti, e_i, wt)
+            x3 = torch.cat([x, x, x])
+            t3 = torch.cat([t, t, t])
+            txt = torch.cat([text[:B], null_text, null_text])
+            msk = torch.cat([mask[:B], null_mask, null_mask])
+            out_img = self.unet(x3[: 2 * B], t3[: 2 * B], txt[: 2 * B], msk[: 2 * B],
+                                first_frame=torch.cat([first_aug, first_aug]),
+                                motion_score=torch.cat([motion_t, motion_t]), noise_level=torch.cat([level, level]))
+            out_none = self.unet(x3[2 * B:], t3[2 * B:], txt[2 * B:], msk[2 * B:], first_frame=None,
+                                 motion_score=motion_t, noise_level=level)
+            e_ti, e_i = out_img.chunk(2)
+            return three_way_combine(e_ti, e_i, out_none, wt, wi)
+
+        x = self.diffusion.sample(denoise, (B, self.unet.config.in_channels, frames, size, size), gens, dev,
+                                  steps=steps, progress=progress)
+        return from_model(x)

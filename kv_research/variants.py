@@ -1,0 +1,73 @@
+"""``python -m kv_research.variants [--preset P] [--json]``: every variant with its parameters and GFLOPs.
+
+GFLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` for one forward pass of one clip
+(batch 1, the preset's frames and resolution, video mode with a first frame), on the meta device, so even the
+``paper`` preset (about 4B parameters) is counted without allocating it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .config import get_preset
+from .models.temporal import VARIANTS
+from .models.unet import KeyframeUNet, inflate
+
+
+def variant_table(preset: str = "quick", variants: list[str] | None = None, device: str = "meta") -> list[dict]:
+    p = get_preset(preset)
+    rows = []
+    with torch.device(device):
+        img = KeyframeUNet(p.unet)
+    C, T, S, L = p.unet.in_channels, p.frames, p.size, p.text.max_len
+    for name in variants or list(VARIANTS):
+        model = inflate(img, name)
+        counts = model.parameter_counts()
+        with torch.device(device):
+            x = torch.zeros(1, C, T, S, S)
+            text = torch.zeros(1, L, p.unet.text_dim)
+            mask = torch.ones(1, L, dtype=torch.bool)
+            t = torch.zeros(1, dtype=torch.long)
+            first = torch.zeros(1, C, S, S)
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            model(x, t, text, mask, first_frame=first, motion_score=torch.zeros(1, device=device),
+                  noise_level=torch.zeros(1, device=device))
+        rows.append({"name": name, "params_total": counts["params_total"],
+                     "params_temporal": counts["params_temporal"], "gflops": fc.get_total_flops() / 1e9,
+                     "preset": preset, "frames": T, "resolution": S})
+        del model
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m kv_research.variants", description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="quick", help="smoke | quick | paper (default: quick)")
+    ap.add_argument("--variants", nargs="*", default=None, help="subset of variant names (default: all)")
+    ap.add_argument("--json", action="store_true", help="print JSON: list of {name, params_total, "
+                                                         "params_temporal, gflops}")
+    args = ap.parse_args(argv)
+    try:
+        get_preset(args.preset)
+        for v in args.variants or []:
+            if v not in VARIANTS:
+                raise KeyError(f"unknown variant '{v}'; known: {', '.join(VARIANTS)}")
+    except KeyError as e:
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
+    rows = variant_table(args.preset, args.variants)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"preset {args.preset}: one clip of {rows[0]['frames']} frames at {rows[0]['resolution']} px, video mode")
+    print(f"{'variant':<22} {'params total':>14} {'params temporal':>16} {'GFLOPs':>10}")
+    for r in rows:
+        print(f"{r['name']:<22} {r['params_total']:>14,} {r['params_temporal']:>16,} {r['gflops']:>10.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
