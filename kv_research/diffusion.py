@@ -102,14 +102,16 @@ class Diffusion:
 
     # -------------------------------------------------------------------------------------- conditioning
     def augment_first_frame(self, frame: torch.Tensor, level: torch.Tensor,
-                            generators: list[torch.Generator] | None = None) -> torch.Tensor:
+                            generators: list[torch.Generator] | None = None,
+                            noise: torch.Tensor | None = None) -> torch.Tensor:
         """Noise the conditioning frame to ``level`` (a timestep index) by the forward process.
 
         KV 1.1 does this with level 20 at inference and passes the level as a condition, so the keyframe model
         tolerates the gap between training first frames (from video) and sharp text-to-image frames. (The released
         code draws uniform noise with ``torch.rand_like``; we use Gaussian noise, the forward process proper.)
         """
-        noise = randn_per_item(frame.shape, generators, frame.device, frame.dtype)
+        if noise is None:
+            noise = randn_per_item(frame.shape, generators, frame.device, frame.dtype)
         return self.q_sample(frame, level.long(), noise)
 
     # ----------------------------------------------------------------------------------------- sampling

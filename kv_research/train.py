@@ -119,7 +119,7 @@ class Trainer:
         with torch.no_grad():
             for n, p in self.params.items():
                 self.ema[n].lerp_(p.detach(), 1 - d)
-        return float(loss)
+        return float(loss.detach())
 
     def fit(self, stop_after: int | None = None) -> dict:
         """Train to ``self.steps`` (or stop early after ``stop_after`` steps, for tests of resumption)."""

@@ -63,6 +63,12 @@ DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up"
 # still fits in the frame (0.075 * 7 + 0.42 < 1), so 8-frame clips never lose their object at any size.
 SPEEDS: dict[str, float] = {"still": 0.0, "slowly": 0.02, "steadily": 0.045, "quickly": 0.075}
 BACKGROUNDS = ("plain", "gradient", "striped", "checkered", "textured")
+# Every background carries a faint static grain (+-GRAIN, uniform per pixel): without it RAFT hallucinates a
+# drifting flow of 0.3-1.0 (256-px units) over perfectly flat regions of identical frames; with it the still-clip
+# floor drops to about 0.1 (measured with RAFT-small, see tests/test_motion.py). "plain" still looks plain.
+GRAIN = 0.04
+# Objects are shaded radially (centre brighter by up to SHADE) so their interior has structure that moves.
+SHADE = 0.15
 STILL_DIRECTION = "none"   # the direction attribute of an object whose speed is 'still'
 
 _ATTR_KEYS = ("size", "color", "shape", "direction", "speed")
@@ -178,7 +184,8 @@ def _background(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
         w = rows[:, i0] * (1 - f)[None, :] + rows[:, i0 + 1] * f[None, :]      # (n, n)
     else:
         raise ValueError(f"unknown background {kind!r}; known: {BACKGROUNDS}")
-    return c[0] * (1 - w[..., None]) + c[1] * w[..., None]
+    grain = rng.uniform(-GRAIN, GRAIN, size=(n, n, 1))           # static per-pixel grain, identical in all frames
+    return np.clip(c[0] * (1 - w[..., None]) + c[1] * w[..., None] + grain, 0, 1)
 
 
 def _start_position(h: float, v: np.ndarray, n: int, T: int, rng: np.random.Generator) -> np.ndarray:
@@ -201,33 +208,45 @@ class SyntheticClip:
     gt_motion: float = 0.0       # exact ground-truth analogue of motion_score (mean |true flow|, 256-px units)
     seed: int = 0                # render seed: render_clip(parse_caption(caption), cfg, seed) reproduces it
     clip_id: str = ""
-    extra: dict = field(default_factory=dict)   # object start positions (px), for debugging and tests
+    extra: dict = field(default_factory=dict)   # start_px (centres at frame 0), alpha (objects, T, H, W) coverage
+
+
+def _speed_fraction(speed) -> float:
+    return SPEEDS[speed] if isinstance(speed, str) else float(speed)
 
 
 def render_clip(attrs: dict, cfg: SyntheticConfig, seed: int) -> SyntheticClip:
-    """Render ``attrs`` deterministically; ``seed`` picks positions and the background's nuisance parameters."""
+    """Render ``attrs`` deterministically; ``seed`` picks positions and the background's nuisance parameters.
+
+    An object's ``speed`` may also be a number (fraction of the side per frame) for calibration experiments;
+    the caption then says e.g. "moves right 0.03" and is not in the grammar.
+    """
     rng = np.random.default_rng(seed)
     n, T = cfg.size, cfg.frames
     bg = _background(attrs["background"], rng, n)
     coords = np.arange(n) + 0.5
     objs = attrs["objects"]
     half = [SIZES[o["size"]] * n / 2 for o in objs]
-    vel = [SPEEDS[o["speed"]] * n * np.asarray(DIRECTIONS.get(o["direction"], (0, 0)), float) for o in objs]
+    vel = [_speed_fraction(o["speed"]) * n * np.asarray(DIRECTIONS.get(o["direction"], (0, 0)), float)
+           for o in objs]
     for _ in range(50):   # redraw start positions until the objects' paths do not overlap (50 tries at most)
         starts = [_start_position(h, v, n, T, rng) for h, v in zip(half, vel)]
         paths = [s + np.arange(T)[:, None] * v for s, v in zip(starts, vel)]          # (T, 2) centres
         if all(np.linalg.norm(paths[i] - paths[j], axis=1).min() >= 0.9 * (half[i] + half[j])
                for i in range(len(objs)) for j in range(i)):
             break
-    alphas = []
+    alphas, shades = [], []
     for o, h, p in zip(objs, half, paths):
         cx, cy = p[:, 0, None, None], p[:, 1, None, None]                                  # (T, 1, 1)
         sd = _sdf(o["shape"], coords[None, None, :] - cx, coords[None, :, None] - cy, h)  # (T, H, W)
         alphas.append(np.clip(0.5 - sd, 0.0, 1.0))
+        shades.append(1 + SHADE * (1 - np.minimum((np.hypot(coords[None, None, :] - cx, coords[None, :, None] - cy)
+                                                  / h) ** 2, 1.0)))
     speeds_px = [float(np.linalg.norm(v)) for v in vel]
     video = np.broadcast_to(bg, (T, n, n, 3)).copy()
-    for o, a in reversed(list(zip(objs, alphas))):        # first object is drawn last, i.e. on top
-        video = video * (1 - a[..., None]) + np.asarray(COLORS[o["color"]]) * a[..., None]
+    for o, a, sh in reversed(list(zip(objs, alphas, shades))):        # first object is drawn last, i.e. on top
+        col = np.clip(np.asarray(COLORS[o["color"]]) * sh[..., None], 0, 1)                     # (T, H, W, 3)
+        video = video * (1 - a[..., None]) + col * a[..., None]
     # Ground truth: forward flow from frame t equals the object's velocity on its visible pixels at t.
     cover = np.ones((T, n, n))
     true_mag = np.zeros((T, n, n))
@@ -238,7 +257,8 @@ def render_clip(attrs: dict, cfg: SyntheticConfig, seed: int) -> SyntheticClip:
     video_t = torch.from_numpy(rearrange(video.astype(np.float32), "t h w c -> c t h w").copy())  # (3,T,H,W)
     return SyntheticClip(video=video_t.clamp_(0, 1), caption=caption_from_attrs(attrs), attrs=attrs,
                          motion_px=np.full(max(T - 1, 0), max(speeds_px, default=0.0)), gt_motion=gt, seed=seed,
-                         extra={"start_px": [tuple(map(float, p)) for p in starts]})
+                         extra={"start_px": [tuple(map(float, p)) for p in starts],
+                                "alpha": np.asarray(alphas, dtype=np.float32).reshape(len(objs), T, n, n)})
 
 
 # ----------------------------------------------------------------------------------------------- splits

@@ -189,7 +189,7 @@ def _iter_flows(video: torch.Tensor, raft, work_size: int, num_flow_updates: int
 
 @torch.no_grad()
 def flow_pairs(video: torch.Tensor, raft=None, *, work_size: int = _DEFAULT.work_size,
-               num_flow_updates: int = _DEFAULT.num_flow_updates, batch_size: int = 16, device=None,
+               num_flow_updates: int = _DEFAULT.num_flow_updates, batch_size: int = 56, device=None,
                progress: bool = False) -> torch.Tensor:
     """Flows between consecutive frames, (B, T-1, 2, H', W') in working-size pixels (u = x, v = y).
 
@@ -217,7 +217,7 @@ def _resolve(raft, device):
 # ----------------------------------------------------------------------------------------------- statistics
 @torch.no_grad()
 def motion_stats(video: torch.Tensor, raft=None, *, work_size: int = _DEFAULT.work_size,
-                 num_flow_updates: int = _DEFAULT.num_flow_updates, batch_size: int = 16, device=None,
+                 num_flow_updates: int = _DEFAULT.num_flow_updates, batch_size: int = 56, device=None,
                  progress: bool = False, top_fraction: float = 0.05) -> dict[str, torch.Tensor]:
     """One RAFT pass, every statistic. Returns per-pair tensors (B, T-1), all normalised to a 256-px short side:
 
@@ -285,7 +285,7 @@ class MotionLabelCache:
     """
 
     def __init__(self, root=None, raft: torch.nn.Module | None = None, *, cfg: MotionConfig | None = None,
-                 weights_path=None, batch_size: int = 16, device="cpu", flush_every: int = 32):
+                 weights_path=None, batch_size: int = 56, device="cpu", flush_every: int = 32):
         self.cfg = cfg or MotionConfig()
         self.flush_every = flush_every
         self.root = Path(root) if root is not None else default_cache_dir()

@@ -292,12 +292,13 @@ def build_unet(variant: str = "Spatial", preset: str = "smoke", config: UNetConf
     return img if spec.name == "Spatial" else inflate(img, variant)
 
 
-def inflate(image_unet: KeyframeUNet, variant: str, train_spatial: bool = False) -> KeyframeUNet:
+def inflate(image_unet: KeyframeUNet, variant: str, train_spatial: bool = False, seed: int = 0) -> KeyframeUNet:
     """Copy the text-to-image UNet and insert the temporal modules of ``variant``.
 
     The result equals ``image_unet`` frame by frame at initialisation (every temporal branch ends in a
     zero-initialised layer, the video input conv copies the image one). Spatial weights are frozen unless
-    ``train_spatial``: the paper trains only temporal components.
+    ``train_spatial``: the paper trains only temporal components. The new modules' random initialisation is
+    drawn from ``seed`` (not the global RNG), so inflating twice gives the same model.
     """
     spec = get_variant(variant)
     if image_unet.config.variant != "Spatial" or image_unet.video_in_conv is not None:
@@ -305,7 +306,9 @@ def inflate(image_unet: KeyframeUNet, variant: str, train_spatial: bool = False)
                          f"inflated as '{image_unet.config.variant}'")
     vid = copy.deepcopy(image_unet)
     vid.config = dataclasses.replace(image_unet.config, variant=spec.name)
-    vid.add_temporal_modules()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vid.add_temporal_modules()
     for name, p in vid.named_parameters():
         p.requires_grad_(train_spatial or is_inflation_param(name))
     return vid

@@ -1,0 +1,143 @@
+"""Diffusion core, the KV 1.1 pipeline, the trainer and checkpoints, on tiny CPU configs."""
+import dataclasses
+
+import pytest
+import torch
+
+import kv_research as kv
+from kv_research.checkpoint import CheckpointMismatchError, load_checkpoint, pipeline_from_checkpoint, save_checkpoint
+from kv_research.config import DiffusionConfig, TextConfig, UNetConfig
+from kv_research.diffusion import Diffusion, cfg_combine, cosine_alphas_bar, three_way_combine
+from kv_research.models.text import TextEncoder
+from kv_research.models.unet import KeyframeUNet
+from kv_research.pipeline import KeyframePipeline
+from kv_research.train import Trainer, TrainData, read_stats
+
+TINY_UNET = UNetConfig(model_channels=8, channel_mult=(1, 2), attention_levels=(1,), head_dim=8, groups=4,
+                       text_dim=16, time_embed_dim=32)
+TINY_TEXT = TextConfig(dim=16, layers=1, heads=2, max_len=12)
+
+
+def tiny_pipe(seed=0, variant="Spatial", **diff):
+    torch.manual_seed(seed)
+    pipe = KeyframePipeline(KeyframeUNet(TINY_UNET), TextEncoder(TINY_TEXT), DiffusionConfig(sample_steps=4, **diff))
+    return pipe if variant == "Spatial" else pipe.inflated(variant)
+
+
+def toy_data(n=4, t=4, s=8):
+    clips = torch.zeros(n, 3, t, s, s)
+    for i in range(n):
+        for f in range(t):
+            clips[i, i % 3, f, 2:5, f:f + 3] = 1.0          # a square moving right one pixel per frame
+    caps = [f"a {['red', 'green', 'blue'][i % 3]} square moves right" for i in range(n)]
+    return TrainData(clips, caps, torch.full((n,), 10.0))
+
+
+# ------------------------------------------------------------------------------------------- schedule
+def test_zero_terminal_snr_and_targets():
+    d = Diffusion(DiffusionConfig(zero_terminal_snr=True, prediction="v"))
+    ab = d.schedule.alphas_bar
+    assert ab[-1] == 0 and abs(ab[0] - cosine_alphas_bar(1000)[0]) < 1e-9 and (ab[1:] <= ab[:-1]).all()
+    assert Diffusion(DiffusionConfig(zero_terminal_snr=True, prediction="eps")).schedule.alphas_bar[-1] > 0
+    x0, noise = torch.randn(3, 3, 2, 4, 4), torch.randn(3, 3, 2, 4, 4)
+    t = torch.tensor([0, 400, 998])
+    for pred in ("eps", "v"):
+        dd = Diffusion(DiffusionConfig(prediction=pred))
+        xt = dd.q_sample(x0, t, noise)
+        x0_hat, eps_hat = dd.predict_x0_eps(dd.target(x0, t, noise), xt, t)
+        assert torch.allclose(x0_hat, x0, atol=1e-4) and torch.allclose(eps_hat, noise, atol=1e-4)
+
+
+def test_guidance_formulas():
+    c, u = torch.randn(5), torch.randn(5)
+    assert torch.allclose(cfg_combine(c, u, 1.0), c) and torch.allclose(cfg_combine(c, u, 0.0), u)
+    ti, i, n = torch.randn(5), torch.randn(5), torch.randn(5)
+    assert torch.allclose(three_way_combine(ti, i, n, 1.0, 1.0), ti)
+    assert torch.allclose(three_way_combine(ti, i, n, 5.0, 2.0), n + 2 * (i - n) + 5 * (ti - i))
+
+
+def test_dynamic_thresholding():
+    d = Diffusion(DiffusionConfig(threshold_ratio=0.9))
+    x = torch.linspace(-3, 3, 100).reshape(1, 100)
+    y = d.threshold(x)
+    assert y.abs().max() <= 1 + 1e-6 and (y[:, 50:] >= 0).all()
+    small = torch.full((1, 10), 0.5)
+    assert torch.equal(d.threshold(small), small)          # never scales up content already inside [-1, 1]
+
+
+# --------------------------------------------------------------------------------------------- training
+def test_training_drives_the_loss_down_and_resumes_identically(tmp_path):
+    data = toy_data()
+    cfg = dataclasses.replace(kv.get_preset("smoke").train, batch_size=4, video_batch_size=2, lr=3e-3,
+                              log_every=50, ckpt_every=100)
+    pipe = tiny_pipe()
+    tr = Trainer(pipe, "image", data, cfg, tmp_path / "img", steps=200, progress=False)
+    tr.fit()
+    losses = [r["loss"] for r in read_stats(tmp_path / "img")]
+    assert losses[-1] < 0.6 * losses[0], losses
+    # video fine-tuning; killed after 30 steps (checkpoint at 20), resumed -> same weights as straight through
+    vcfg = dataclasses.replace(cfg, ckpt_every=20, log_every=10)
+    straight = pipe.inflated("Conv1dAttn1dBlocks")
+    Trainer(straight, "video", data, vcfg, tmp_path / "a", steps=40, progress=False).fit()
+    broken = pipe.inflated("Conv1dAttn1dBlocks")
+    Trainer(broken, "video", data, vcfg, tmp_path / "b", steps=40, progress=False).fit(stop_after=30)
+    resumed = pipe.inflated("Conv1dAttn1dBlocks")
+    Trainer(resumed, "video", data, vcfg, tmp_path / "b", steps=40, progress=False).fit()
+    for (n, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), n
+    assert [r["step"] for r in read_stats(tmp_path / "b")] == [10, 20, 30, 40]
+
+
+def test_video_loss_uses_motion_and_first_frame():
+    pipe = tiny_pipe(variant="Conv1dAttn1dBlocks")
+    data = toy_data()
+    g = torch.Generator().manual_seed(0)
+    loss = pipe.video_loss(data.clips, data.captions, data.motion, g)
+    loss.backward()
+    grads = {n: p.grad for n, p in pipe.named_parameters() if p.grad is not None}
+    assert any("temporal_embed.motion" in n for n in grads)
+    assert any(n.startswith("unet.video_in_conv") for n in grads)
+    assert not any("text_encoder" in n for n in grads)       # frozen after inflation
+
+
+# ------------------------------------------------------------------------------------------ generation
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_same_seed_same_video_and_batch_size_free(sampler):
+    pipe = tiny_pipe(variant="Conv1dAttn1dBlocks", sampler=sampler).eval()
+    prompts = ["a red square moves right", "a blue square moves right", "a green square moves right"]
+    a = pipe.generate(prompts, [1, 2, 3], [10.0, 20.0, 30.0], frames=3, size=8)
+    b = pipe.generate(prompts, [1, 2, 3], [10.0, 20.0, 30.0], frames=3, size=8)
+    assert torch.equal(a, b)
+    one = pipe.generate(prompts[1:2], [2], [20.0], frames=3, size=8)
+    assert (one[0] - a[1]).abs().max() < 1e-5
+    assert a.shape == (3, 3, 3, 8, 8) and 0 <= a.min() and a.max() <= 1
+    c = pipe.generate(prompts, [4, 5, 6], [10.0, 20.0, 30.0], frames=3, size=8)
+    assert (c - a).abs().max() > 1e-2
+
+
+def test_three_way_guidance_path_runs():
+    pipe = tiny_pipe(variant="Conv1dAttn3dBlocks", guidance_image=2.0).eval()
+    v = pipe.generate(["a red square"], [0], [5.0], frames=2, size=8)
+    assert torch.isfinite(v).all()
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def test_checkpoint_roundtrip_and_mismatch_messages(tmp_path):
+    pipe = tiny_pipe(variant="Conv1dAttn1dBlocks")
+    path = tmp_path / "ck.safetensors"
+    save_checkpoint(path, pipe, extra={"step": 3})
+    assert path.is_file() and path.with_suffix(".json").is_file()
+    again = pipeline_from_checkpoint(path, use_ema=False)
+    for (n, a), (_, b) in zip(pipe.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), n
+    other = tiny_pipe(variant="Conv3dAttn1dBlocks")
+    with pytest.raises(CheckpointMismatchError, match="Conv1dAttn1dBlocks.*Conv3dAttn1dBlocks"):
+        load_checkpoint(path, other)
+    with pytest.raises(CheckpointMismatchError, match="text-to-image model"):
+        load_checkpoint(path, tiny_pipe())
+    wide = KeyframePipeline(KeyframeUNet(dataclasses.replace(TINY_UNET, model_channels=16)), TextEncoder(TINY_TEXT),
+                            DiffusionConfig()).inflated("Conv1dAttn1dBlocks")
+    with pytest.raises(CheckpointMismatchError, match="model_channels"):
+        load_checkpoint(path, wide)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "nope.safetensors", pipe)

@@ -1,0 +1,141 @@
+"""Domain evaluators on the synthetic benchmark: caching, and that their metrics separate real from wrong.
+
+Trained once per test session with the 'smoke' preset (seconds) into the session cache of conftest.py; the
+CLI tests reuse the same cache entry.
+"""
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from kv_research.data.synthetic import SyntheticConfig, make_clip
+from kv_research.metrics import RankDeficientWarning
+from kv_research.metrics.core import evaluate_videos
+from kv_research.metrics.evaluators import (GRID, PRESETS, attribute_checks, load_or_train_evaluators,
+                                            _vocab)
+from kv_research.metrics.fvd import compute_fvd
+
+warnings.filterwarnings("ignore", category=RankDeficientWarning)
+CFG = SyntheticConfig()
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    return load_or_train_evaluators(CFG, "smoke", progress=False)
+
+
+@pytest.fixture(scope="module")
+def real():
+    a = [make_clip(i, CFG, "test") for i in range(64)]
+    b = [make_clip(i, CFG, "test") for i in range(64, 128)]
+    return torch.stack([c.video for c in a]), [c.caption for c in a], torch.stack([c.video for c in b])
+
+
+def test_cached_by_config_hash(smoke):
+    assert (smoke.path / "featnet.safetensors").is_file() and (smoke.path / "clip.safetensors").is_file()
+    cfg = json.loads((smoke.path / "config.json").read_text())
+    assert cfg["preset"]["name"] == "smoke" and cfg["data_cfg"]["size"] == CFG.size
+    again = load_or_train_evaluators(CFG, "smoke", progress=False)          # loads, does not retrain
+    assert again.path == smoke.path and again.feature_net.info.sha256 == smoke.feature_net.info.sha256
+    assert again.report["train_seconds"] == smoke.report["train_seconds"]
+    assert smoke.feature_net.info.sha256 in smoke.feature_net.info.name or len(smoke.feature_net.info.sha256) == 64
+    with pytest.raises(ValueError, match="unknown evaluator preset"):
+        load_or_train_evaluators(CFG, "nope")
+
+
+def test_quality_report_is_measured(smoke):
+    q = smoke.report["quality"]
+    for k in ("color_acc_at_object", "shape_acc_at_object", "direction_acc_at_object", "speed_acc_at_object",
+              "detection_recall", "attr_acc_on_real_clips"):
+        assert 0.0 <= q["videonet"][k] <= 1.0
+    for k in ("retrieval_top1", "retrieval_top5", "clipsim_syn_matched", "clipsim_syn_shuffled"):
+        assert k in q["clip"]
+    assert q["clip"]["n"] == PRESETS["smoke"].n_eval_clips
+
+
+def test_clipsim_syn_real_beats_shuffled_captions(smoke, real):
+    videos, captions, _ = real
+    matched = smoke.clip(videos, captions)
+    shuffled = smoke.clip(videos, captions[1:] + captions[:1])
+    assert matched.mean() - shuffled.mean() > 0.05, (matched.mean(), shuffled.mean())
+    assert (matched > shuffled).float().mean() > 0.75
+
+
+def test_fvd_syn_real_far_below_corrupted(smoke, real):
+    a, _, b = real
+    fx = smoke.feature_net
+
+    def fd(v):
+        return compute_fvd(fx(v)[0].double().numpy(), fx(a)[0].double().numpy(), fx.info).fvd
+    g = torch.Generator().manual_seed(0)
+    base = fd(b)                                                       # real vs other real clips
+    corrupted = {"noise": fd((b + 0.2 * torch.randn(b.shape, generator=g)).clamp(0, 1)),
+                 "frozen": fd(b[:, :, :1].expand_as(b).contiguous()),
+                 "shuffled": fd(b[:, :, torch.randperm(b.shape[2], generator=g)]),
+                 "colour-swapped": fd(b[:, [2, 0, 1]])}
+    assert abs(fd(a)) < 1e-6
+    for name, v in corrupted.items():
+        assert v > 2 * base, f"{name}: FVD-syn {v:.3f} not far above real-vs-real {base:.3f}"
+
+
+def test_attribute_checks_logic():
+    """Hand-made detector outputs: the first object's colour decides which detection is checked."""
+    vocab = _vocab()
+    n_cells = GRID * GRID
+    out = {"objectness": torch.full((1, n_cells), -10.0), "background": torch.zeros(1, len(vocab["background"]))}
+    for a in ("color", "shape", "size", "direction", "speed"):
+        out[a] = torch.zeros(1, n_cells, len(vocab[a]))
+
+    def put(cell, **attrs):
+        out["objectness"][0, cell] = 10.0
+        for a, v in attrs.items():
+            out[a][0, cell, vocab[a].index(v)] = 5.0
+    put(9, color="red", shape="circle", direction="left", speed="quickly", size="small")
+    put(45, color="blue", shape="square", direction="none", speed="still", size="big")
+    out["background"][0, vocab["background"].index("striped")] = 5.0
+    prompts = ["a small red circle moves left quickly and a big blue square stays still over a striped background",
+               "a small red square moves left quickly over a plain background",
+               "a small green circle moves left quickly over a striped background",
+               "not a benchmark prompt"]
+    checks = attribute_checks({k: v.expand(len(prompts), *v.shape[1:]) for k, v in out.items()}, prompts, vocab)
+    assert checks["color"][:3].tolist() == [1, 1, 0]
+    assert checks["shape"][:3].tolist() == [1, 0, 0]        # red square asked, red circle shown; no green object
+    assert checks["direction"][:3].tolist() == [1, 1, 0]
+    assert checks["background"][:3].tolist() == [1, 0, 1]
+    assert np.isnan(checks["color"][3])
+
+
+def test_evaluate_videos_synthetic_metrics(smoke, real):
+    videos, captions, _ = real
+    n = 16
+    per_video, summary = evaluate_videos(videos[:n], captions[:n], metrics=["fvd_syn", "clipsim_syn", "attr_acc"],
+                                         evaluators=smoke, progress=False, n_boot=200, n_boot_fvd=20, fvd_subsets=3)
+    assert list(per_video.columns[:1]) == ["video"] and {"clipsim_syn", "attr_acc", "attr_color"} <= set(per_video)
+    for name in ("fvd_syn", "clipsim_syn", "attr_acc"):
+        m = summary["metrics"][name]
+        assert {"value", "ci_low", "ci_high", "n", "detector", "detector_sha256"} <= set(m)
+        assert len(m["detector_sha256"]) == 64
+    f = summary["metrics"]["fvd_syn"]
+    assert f["n"] == n and f["n_ref"] == 4 * n and f["frames"] == CFG.frames and f["resolution"] == CFG.size
+    assert f["reference_subsets"]["subset_size"] == n and len(f["reference_subsets"]["values"]) == 3
+    assert summary["metrics"]["attr_acc"]["per_attribute"].keys() >= {"color", "shape", "direction", "speed"}
+
+
+def test_motion_agreement_statistics():
+    from kv_research.metrics.agreement import motion_agreement
+    rng = np.random.default_rng(0)
+    requested = np.repeat([0.0, 1.0, 2.5, 4.0], 8)
+    good = requested * 0.9 + rng.normal(0, 0.1, requested.size)         # follows the request
+    bad = rng.uniform(0, 4, requested.size)                             # ignores it
+    a, b = motion_agreement(good, requested, n_boot=200), motion_agreement(bad, requested, n_boot=200)
+    assert a["spearman"]["value"] > 0.9 and a["monotonic"] and a["monotonic_pairs"] == 1.0
+    assert a["spearman"]["ci_low"] > b["spearman"]["ci_high"]
+    assert a["binary_accuracy"]["value"] == 1.0 and a["binary_accuracy"]["threshold"] == 2.0
+    assert a["mae"]["value"] == pytest.approx(np.abs(good - requested).mean())
+    assert [lv["requested"] for lv in a["per_level"]] == [0.0, 1.0, 2.5, 4.0]
+    assert all(lv["ci_low"] <= lv["mean"] <= lv["ci_high"] for lv in a["per_level"])
+    assert abs(b["spearman"]["value"]) < 0.5
+    with pytest.raises(ValueError, match="measured has 3 values but requested has 2"):
+        motion_agreement([1, 2, 3], [1, 2])

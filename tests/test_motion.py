@@ -1,0 +1,170 @@
+"""RAFT motion score with the real RAFT-small weights: known shifts, known synthetic speeds, cache, errors.
+
+Run with ``-s`` to see the measured errors (they are also asserted). RAFT work is kept to a few dozen
+128-px frame pairs so the file runs in seconds on 2 cores.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+
+import kv_research.metrics.motion as M
+from kv_research.data.synthetic import SyntheticConfig, make_clip, render_clip
+from kv_research.data.video import read_video
+from kv_research.weights import KNOWN, MissingWeightsError
+
+SHIFTS = [(0, 0), (1, 0), (0, -2), (3, 1), (-4, 2), (5, -3)]      # (dx, dy) px: content moves by +d
+
+
+@pytest.fixture(scope="module")
+def raft():
+    return M.load_raft("small")
+
+
+@pytest.fixture(scope="module")
+def real_frame(videos_dir):
+    """One real frame (256 x 340) of a textured scene, as (3, H, W) in [0, 1]."""
+    return read_video(videos_dir / "mmaction2_kinetics_arm_wrestling.mp4", num_frames=1)[:, 0]
+
+
+def test_princeton_weights_map_onto_torchvision_strictly(raft):
+    assert raft.kv_weights["sha256"] == KNOWN["raft_small_princeton"].sha256
+    state = torch.load(raft.kv_weights["path"], map_location="cpu", weights_only=True)
+    mapped = M.princeton_to_torchvision(state)
+    assert len(mapped) == len(state) == 106 and set(mapped) == set(raft.state_dict())
+    loaded = raft.state_dict()
+    for k, v in state.items():                                              # every tensor landed, unchanged
+        assert torch.equal(loaded[next(iter(M.princeton_to_torchvision({k: v})))], v)
+    assert not raft.training and not any(p.requires_grad for p in raft.parameters())
+
+
+def test_missing_weights_give_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("KV_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(M, "_RAFT_CACHE", {})
+    with pytest.raises(MissingWeightsError, match="raft-small.pth") as err:
+        M.load_raft("small")
+    assert str(tmp_path) in str(err.value) and KNOWN["raft_small_princeton"].sha256 in str(err.value)
+    with pytest.raises(MissingWeightsError, match="raft-small.pth"):
+        M.motion_score(torch.rand(3, 2, 32, 32))                            # raft=None -> default loader
+    with pytest.raises(MissingWeightsError, match="raft_large"):
+        M.load_raft("large")
+    with pytest.raises(MissingWeightsError):
+        M.MotionLabelCache(tmp_path / "cache")
+
+
+def test_integer_shifts_of_real_frames(raft, real_frame):
+    """Consecutive 128x172 crops of a real frame, displaced by known integer shifts (172 is padded to 176)."""
+    h, w = 128, 172
+    top, left = 64, 84
+    frames = []
+    for dx, dy in [(0, 0)] + SHIFTS:
+        top, left = top - dy, left - dx                                # crop window moves opposite to content
+        frames.append(real_frame[:, top:top + h, left:left + w])
+    video = torch.stack(frames[1:], dim=1)                                 # (3, T, H, W); pair k has shift k+1
+    flows = M.flow_pairs(video, raft)[0]                                    # (T-1, 2, 128, 172)
+    assert flows.shape == (len(SHIFTS) - 1, 2, h, w)
+    inner = flows[..., 8:-8, 8:-8]                                          # content entering at borders is unseen
+    truth = torch.tensor(SHIFTS[1:], dtype=torch.float32)[:, :, None, None]
+    epe = (inner - truth).norm(dim=1).flatten(1).median(dim=1).values
+    print("\nmedian end-point error per shift (px):", dict(zip(SHIFTS[1:], epe.numpy().round(3))))
+    assert (epe < 0.5).all(), epe
+    score = M.motion_score(video, raft).item()
+    expected = np.mean([np.hypot(dx, dy) for dx, dy in SHIFTS[1:]]) * 256 / h
+    print(f"motion score {score:.3f} vs true {expected:.3f}")
+    assert score == pytest.approx(expected, rel=0.1)
+    still = real_frame[:, 64:64 + h, 84:84 + w]
+    assert M.motion_score(torch.stack([still, still], dim=1), raft).item() < 0.2
+
+
+def _speed_clips(speeds, background, frames=3):
+    cfg = SyntheticConfig(size=32, frames=frames)
+    clips = [render_clip({"objects": [{"shape": "square", "color": "red", "size": "big", "direction": "right",
+                                       "speed": float(s)}], "background": background}, cfg, seed=11)
+             for s in speeds]
+    return cfg, clips
+
+
+def test_synthetic_known_speeds_are_measured_and_ranked(raft):
+    speeds = np.linspace(0, 0.08, 6)                                        # 0 to 2.56 px per frame at 32 px
+    errors, scores, truth = [], [], []
+    for background in ("textured", "plain"):
+        cfg, clips = _speed_clips(speeds, background)
+        video = torch.stack([c.video for c in clips])
+        flows = M.flow_pairs(video, raft)                                   # (B, 2, 2, 128, 128) at 4x
+        scale = 128 / cfg.size
+        for c, f in zip(clips, flows):
+            alpha = torch.from_numpy(c.extra["alpha"][0, :-1])              # (T-1, 32, 32) object at frame t
+            inside = F.interpolate(alpha[:, None], scale_factor=scale, mode="nearest")[:, 0] >= 0.999
+            true = torch.tensor([c.motion_px[0], 0.0])[None, :, None, None]
+            epe = ((f / scale - true).norm(dim=1)[inside]).median().item()  # px at 32-px resolution
+            errors.append(epe)
+        scores += M.motion_score(video, raft).tolist()
+        truth += [c.gt_motion for c in clips]
+    rho = spearmanr(scores, np.tile(speeds, 2)).statistic
+    print(f"\nobject-interior median EPE (px at 32 px): max {max(errors):.3f}, median {np.median(errors):.3f}; "
+          f"Spearman(score, speed) = {rho:.3f}; score/gt at top speed = "
+          f"{scores[5] / truth[5]:.2f} (textured), {scores[11] / truth[11]:.2f} (plain)")
+    assert max(errors) < 0.5
+    assert rho >= 0.95
+
+
+def test_benchmark_clips_rank_by_ground_truth(raft):
+    cfg = SyntheticConfig(frames=3)
+    clips = [make_clip(i, cfg) for i in range(16)]
+    scores = M.motion_score(torch.stack([c.video for c in clips]), raft).numpy()
+    rho = spearmanr(scores, [c.gt_motion for c in clips]).statistic
+    print(f"\nSpearman(motion_score, gt_motion) on 16 random benchmark clips: {rho:.3f}")
+    assert rho >= 0.85
+
+
+def test_dynamic_degree_and_flow_score_conventions(raft, real_frame):
+    a = real_frame[:, 60:188, 80:208]
+    moved = real_frame[:, 60:188, 72:200]                                  # content moves 8 px right (x16 at 256)
+    video = torch.stack([torch.stack([a, moved], 1), torch.stack([a, a], 1)])  # (2, 3, 2, 128, 128)
+    dyn, counts = M.dynamic_degree(video, raft, return_counts=True)
+    assert dyn.tolist() == [True, False] and counts.tolist() == [1, 0]
+    fs = M.flow_score(video, raft)                                          # px of the 128-px input video
+    assert fs[0].item() == pytest.approx(8.0, rel=0.1) and fs[1].item() < 0.1
+    small = F.interpolate(video.flatten(1, 2), size=(64, 64), mode="bilinear", antialias=True)
+    small = small.unflatten(1, (3, 2))                                      # same content at 64 px
+    stats = M.motion_stats(small, raft)
+    assert stats["motion_score"][0].item() == pytest.approx(16.0, rel=0.15)  # resolution-free normalisation
+    assert (stats["motion_score"] * stats["scale_to_input"])[0].item() == pytest.approx(4.0, rel=0.15)
+
+
+def test_flow_pairs_shapes_and_input_checks(raft):
+    flows = M.flow_pairs(torch.rand(3, 2, 40, 60), raft, num_flow_updates=1)   # working size 128 x 192
+    assert flows.shape == (1, 1, 2, 128, 192)
+    assert M.working_size(1080, 1920, 128) == (128, 228)
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        M.motion_score(torch.rand(3, 1, 32, 32), raft)
+    with pytest.raises(TypeError, match="uint8"):
+        M.motion_score(torch.zeros(3, 2, 32, 32, dtype=torch.uint8), raft)
+    with pytest.raises(ValueError, match="B,3,T,H,W"):
+        M.motion_score(torch.rand(2, 2, 32, 32), raft)
+
+
+def test_motion_label_cache(raft, tmp_path, monkeypatch):
+    cfg = SyntheticConfig(frames=2, n_train=3)
+    cache = M.MotionLabelCache(tmp_path, cfg=M.MotionConfig(num_flow_updates=2))
+    assert cache.weights_hash == KNOWN["raft_small_princeton"].sha256 and cache._raft is None
+    first = cache.label_synthetic(cfg, progress=False)
+    files = sorted(cache.dir.glob("*.json"))
+    assert len(files) == 3 and np.all(first >= 0)
+    rec = json.loads(files[0].read_text())
+    assert rec["clip_id"].startswith("syn-") and rec["weights_sha256"] == cache.weights_hash
+    # direct computation with the same settings gives the cached values
+    direct = M.motion_score(torch.stack([make_clip(i, cfg).video for i in range(3)]), raft, num_flow_updates=2)
+    np.testing.assert_allclose(first, direct.numpy(), rtol=1e-5)
+    # second call reads the files and runs no RAFT at all
+    monkeypatch.setattr(M, "motion_score", lambda *a, **k: pytest.fail("RAFT ran on a cached clip"))
+    again = M.MotionLabelCache(tmp_path, cfg=M.MotionConfig(num_flow_updates=2)).label_synthetic(cfg, progress=False)
+    np.testing.assert_array_equal(first, again)
+    other = M.MotionLabelCache(tmp_path, cfg=M.MotionConfig(num_flow_updates=3))
+    assert other.dir != cache.dir and other.get(rec["clip_id"]) is None
+    # a different model (weights) gets its own namespace too
+    assert M.MotionLabelCache(tmp_path, raft=torch.nn.Linear(2, 2)).dir != cache.dir
