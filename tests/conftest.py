@@ -7,7 +7,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("KV_SHARED_DATA", str(REPO.parent / "shared" / "data"))
 os.environ.setdefault("KV_WEIGHTS_DIR", str(Path(os.environ["KV_SHARED_DATA"]) / "weights"))
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(1)  # tiny models gain nothing from threads; oversubscribed OpenMP spins
 
 
 @pytest.fixture(scope="session")

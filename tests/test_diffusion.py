@@ -133,8 +133,11 @@ def test_checkpoint_roundtrip_and_mismatch_messages(tmp_path):
     other = tiny_pipe(variant="Conv3dAttn1dBlocks")
     with pytest.raises(CheckpointMismatchError, match="Conv1dAttn1dBlocks.*Conv3dAttn1dBlocks"):
         load_checkpoint(path, other)
-    with pytest.raises(CheckpointMismatchError, match="text-to-image model"):
+    with pytest.raises(CheckpointMismatchError, match="is variant 'Conv1dAttn1dBlocks', but the model is 'Spatial'"):
         load_checkpoint(path, tiny_pipe())
+    save_checkpoint(tmp_path / "img.safetensors", tiny_pipe())
+    with pytest.raises(CheckpointMismatchError, match="holds a text-to-image model, but the model is an inflated"):
+        load_checkpoint(tmp_path / "img.safetensors", tiny_pipe().inflated("Spatial"))
     wide = KeyframePipeline(KeyframeUNet(dataclasses.replace(TINY_UNET, model_channels=16)), TextEncoder(TINY_TEXT),
                             DiffusionConfig()).inflated("Conv1dAttn1dBlocks")
     with pytest.raises(CheckpointMismatchError, match="model_channels"):

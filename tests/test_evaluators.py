@@ -40,7 +40,7 @@ def test_cached_by_config_hash(smoke):
     again = load_or_train_evaluators(CFG, "smoke", progress=False)          # loads, does not retrain
     assert again.path == smoke.path and again.feature_net.info.sha256 == smoke.feature_net.info.sha256
     assert again.report["train_seconds"] == smoke.report["train_seconds"]
-    assert smoke.feature_net.info.sha256 in smoke.feature_net.info.name or len(smoke.feature_net.info.sha256) == 64
+    assert len(smoke.feature_net.info.sha256) == 64 and smoke.path.name in smoke.feature_net.info.name
     with pytest.raises(ValueError, match="unknown evaluator preset"):
         load_or_train_evaluators(CFG, "nope")
 

@@ -64,56 +64,58 @@ def test_integer_shifts_of_real_frames(raft, real_frame):
     for dx, dy in [(0, 0)] + SHIFTS:
         top, left = top - dy, left - dx                                # crop window moves opposite to content
         frames.append(real_frame[:, top:top + h, left:left + w])
-    video = torch.stack(frames[1:], dim=1)                                 # (3, T, H, W); pair k has shift k+1
-    flows = M.flow_pairs(video, raft)[0]                                    # (T-1, 2, 128, 172)
-    assert flows.shape == (len(SHIFTS) - 1, 2, h, w)
-    inner = flows[..., 8:-8, 8:-8]                                          # content entering at borders is unseen
-    truth = torch.tensor(SHIFTS[1:], dtype=torch.float32)[:, :, None, None]
+    video = torch.stack(frames, dim=1)[:, 1:]                              # (3, T, H, W); pair k has SHIFTS[k+1]
+    video = torch.cat([video[:, :1], video], dim=1)                        # prepend a repeat: pair 0 is still
+    flows = M.flow_pairs(video, raft)                                      # (1, T-1, 2, 128, 172), one RAFT pass
+    assert flows.shape == (1, len(SHIFTS), 2, h, w)
+    inner = flows[0, ..., 8:-8, 8:-8]                                      # content entering at borders is unseen
+    truth = torch.tensor(SHIFTS, dtype=torch.float32)[:, :, None, None]
     epe = (inner - truth).norm(dim=1).flatten(1).median(dim=1).values
-    print("\nmedian end-point error per shift (px):", dict(zip(SHIFTS[1:], epe.numpy().round(3))))
+    print("\nmedian end-point error per shift (px):", dict(zip(SHIFTS, epe.numpy().round(3))))
     assert (epe < 0.5).all(), epe
-    score = M.motion_score(video, raft).item()
-    expected = np.mean([np.hypot(dx, dy) for dx, dy in SHIFTS[1:]]) * 256 / h
-    print(f"motion score {score:.3f} vs true {expected:.3f}")
-    assert score == pytest.approx(expected, rel=0.1)
-    still = real_frame[:, 64:64 + h, 84:84 + w]
-    assert M.motion_score(torch.stack([still, still], dim=1), raft).item() < 0.2
+    stats = M.flow_statistics(flows)
+    expected = np.mean([np.hypot(dx, dy) for dx, dy in SHIFTS]) * 256 / h
+    print(f"motion score {stats['motion_score'].item():.3f} vs true {expected:.3f}")
+    assert stats["motion_score"].item() == pytest.approx(expected, rel=0.1)
+    assert stats["mean"][0, 0].item() < 0.2                                # the still pair
 
 
-def _speed_clips(speeds, background, frames=3):
-    cfg = SyntheticConfig(size=32, frames=frames)
-    clips = [render_clip({"objects": [{"shape": "square", "color": "red", "size": "big", "direction": "right",
-                                       "speed": float(s)}], "background": background}, cfg, seed=11)
-             for s in speeds]
-    return cfg, clips
+def test_motion_score_is_flow_statistics_of_flow_pairs(raft):
+    video = torch.rand(2, 3, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    kw = dict(num_flow_updates=2)
+    flows = M.flow_pairs(video, raft, **kw)
+    assert flows.shape == (2, 2, 2, 128, 192)                              # short side 32 -> 128, aspect kept
+    by_hand = flows.norm(dim=2).mean(dim=(-2, -1)).mean(dim=1) * 256 / 128
+    torch.testing.assert_close(M.motion_score(video, raft, batch_size=3, **kw), by_hand, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(M.flow_statistics(flows)["motion_score"], by_hand, rtol=1e-4, atol=1e-5)
 
 
 def test_synthetic_known_speeds_are_measured_and_ranked(raft):
     speeds = np.linspace(0, 0.08, 6)                                        # 0 to 2.56 px per frame at 32 px
-    errors, scores, truth = [], [], []
-    for background in ("textured", "plain"):
-        cfg, clips = _speed_clips(speeds, background)
-        video = torch.stack([c.video for c in clips])
-        flows = M.flow_pairs(video, raft)                                   # (B, 2, 2, 128, 128) at 4x
-        scale = 128 / cfg.size
-        for c, f in zip(clips, flows):
-            alpha = torch.from_numpy(c.extra["alpha"][0, :-1])              # (T-1, 32, 32) object at frame t
-            inside = F.interpolate(alpha[:, None], scale_factor=scale, mode="nearest")[:, 0] >= 0.999
-            true = torch.tensor([c.motion_px[0], 0.0])[None, :, None, None]
-            epe = ((f / scale - true).norm(dim=1)[inside]).median().item()  # px at 32-px resolution
-            errors.append(epe)
-        scores += M.motion_score(video, raft).tolist()
-        truth += [c.gt_motion for c in clips]
+    cfg = SyntheticConfig(size=32, frames=2)
+    clips = [render_clip({"objects": [{"shape": "square", "color": "red", "size": "big", "direction": "right",
+                                       "speed": float(s)}], "background": bg}, cfg, seed=11)
+             for bg in ("textured", "plain") for s in speeds]
+    flows = M.flow_pairs(torch.stack([c.video for c in clips]), raft)      # (12, 1, 2, 128, 128), 4x upsampled
+    scale = 128 / cfg.size
+    errors = []
+    for c, f in zip(clips, flows):
+        alpha = torch.from_numpy(c.extra["alpha"][0, :-1])                  # (1, 32, 32) object at frame 0
+        inside = F.interpolate(alpha[:, None], scale_factor=scale, mode="nearest")[:, 0] >= 0.999
+        true = torch.tensor([c.motion_px[0], 0.0])[None, :, None, None]
+        errors.append((f / scale - true).norm(dim=1)[inside].median().item())   # px at 32-px resolution
+    scores = M.flow_statistics(flows)["motion_score"].numpy()
+    gt = np.array([c.gt_motion for c in clips])
     rho = spearmanr(scores, np.tile(speeds, 2)).statistic
     print(f"\nobject-interior median EPE (px at 32 px): max {max(errors):.3f}, median {np.median(errors):.3f}; "
-          f"Spearman(score, speed) = {rho:.3f}; score/gt at top speed = "
-          f"{scores[5] / truth[5]:.2f} (textured), {scores[11] / truth[11]:.2f} (plain)")
+          f"Spearman(score, speed) = {rho:.3f}; score/gt at top speed = {scores[5] / gt[5]:.2f} (textured), "
+          f"{scores[11] / gt[11]:.2f} (plain); still scores {scores[0]:.3f}, {scores[6]:.3f}")
     assert max(errors) < 0.5
     assert rho >= 0.95
 
 
 def test_benchmark_clips_rank_by_ground_truth(raft):
-    cfg = SyntheticConfig(frames=3)
+    cfg = SyntheticConfig(frames=2)
     clips = [make_clip(i, cfg) for i in range(16)]
     scores = M.motion_score(torch.stack([c.video for c in clips]), raft).numpy()
     rho = spearmanr(scores, [c.gt_motion for c in clips]).statistic
@@ -125,21 +127,19 @@ def test_dynamic_degree_and_flow_score_conventions(raft, real_frame):
     a = real_frame[:, 60:188, 80:208]
     moved = real_frame[:, 60:188, 72:200]                                  # content moves 8 px right (x16 at 256)
     video = torch.stack([torch.stack([a, moved], 1), torch.stack([a, a], 1)])  # (2, 3, 2, 128, 128)
-    dyn, counts = M.dynamic_degree(video, raft, return_counts=True)
+    kw = dict(num_flow_updates=4)
+    dyn, counts = M.dynamic_degree(video, raft, return_counts=True, **kw)
     assert dyn.tolist() == [True, False] and counts.tolist() == [1, 0]
-    fs = M.flow_score(video, raft)                                          # px of the 128-px input video
-    assert fs[0].item() == pytest.approx(8.0, rel=0.1) and fs[1].item() < 0.1
-    small = F.interpolate(video.flatten(1, 2), size=(64, 64), mode="bilinear", antialias=True)
-    small = small.unflatten(1, (3, 2))                                      # same content at 64 px
-    stats = M.motion_stats(small, raft)
-    assert stats["motion_score"][0].item() == pytest.approx(16.0, rel=0.15)  # resolution-free normalisation
-    assert (stats["motion_score"] * stats["scale_to_input"])[0].item() == pytest.approx(4.0, rel=0.15)
+    fs = M.flow_score(video, raft, **kw)                                    # px of the 128-px input video
+    assert fs[0].item() == pytest.approx(8.0, rel=0.1) and fs[1].item() < 0.2
+    small = F.interpolate(video[0].transpose(0, 1), size=(64, 64), mode="bilinear", antialias=True)
+    stats = M.motion_stats(small.transpose(0, 1), raft, **kw)               # same content at 64 px
+    assert stats["motion_score"].item() == pytest.approx(16.0, rel=0.15)     # resolution-free normalisation
+    assert (stats["motion_score"] * stats["scale_to_input"]).item() == pytest.approx(4.0, rel=0.15)
 
 
-def test_flow_pairs_shapes_and_input_checks(raft):
-    flows = M.flow_pairs(torch.rand(3, 2, 40, 60), raft, num_flow_updates=1)   # working size 128 x 192
-    assert flows.shape == (1, 1, 2, 128, 192)
-    assert M.working_size(1080, 1920, 128) == (128, 228)
+def test_input_checks(raft):
+    assert M.working_size(1080, 1920, 128) == (128, 228) and M.working_size(200, 100, 128) == (256, 128)
     with pytest.raises(ValueError, match="at least 2 frames"):
         M.motion_score(torch.rand(3, 1, 32, 32), raft)
     with pytest.raises(TypeError, match="uint8"):

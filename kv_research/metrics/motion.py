@@ -39,6 +39,7 @@ from kv_research.utils import atomic_write_json, config_hash, default_cache_dir
 from kv_research.weights import MissingWeightsError, find_weights, sha256_file
 
 __all__ = ["MotionConfig", "load_raft", "princeton_to_torchvision", "flow_pairs", "motion_stats", "motion_score",
+           "flow_statistics", "working_size",
            "dynamic_degree", "flow_score", "MotionLabelCache", "weights_fingerprint"]
 
 
@@ -230,13 +231,25 @@ def motion_stats(video: torch.Tensor, raft=None, *, work_size: int = _DEFAULT.wo
     b, _, t, h, w = video.shape
     mean, top = torch.zeros(b, t - 1), torch.zeros(b, t - 1)
     for ci, pi, flow in _iter_flows(video, raft, work_size, num_flow_updates, batch_size, device, progress):
-        norm = 256.0 / min(flow.shape[-2:])
-        mag = rearrange(flow.float().norm(dim=1), "p h w -> p (h w)")        # (P, H'*W') in working px
-        k = max(1, int(mag.shape[1] * top_fraction))
-        mean[ci, pi] = mag.mean(dim=1).cpu() * norm
-        top[ci, pi] = mag.topk(k, dim=1).values.mean(dim=1).cpu() * norm
+        mean[ci, pi], top[ci, pi] = _pair_stats(flow, top_fraction)
     return {"mean": mean, "top": top, "motion_score": mean.mean(dim=1),
             "scale_to_input": torch.full((b,), min(h, w) / 256.0)}
+
+
+def _pair_stats(flow: torch.Tensor, top_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """flow (P, 2, H', W') in working px -> (mean |f|, mean of the top fraction of |f|), both (P,) at 256 px."""
+    norm = 256.0 / min(flow.shape[-2:])
+    mag = rearrange(flow.float().norm(dim=1), "p h w -> p (h w)")            # (P, H'*W')
+    k = max(1, int(mag.shape[1] * top_fraction))
+    return mag.mean(dim=1).cpu() * norm, mag.topk(k, dim=1).values.mean(dim=1).cpu() * norm
+
+
+def flow_statistics(flows: torch.Tensor, top_fraction: float = 0.05) -> dict[str, torch.Tensor]:
+    """The statistics of ``motion_stats`` from precomputed ``flow_pairs`` output (B, T-1, 2, H', W')."""
+    b, p = flows.shape[:2]
+    mean, top = _pair_stats(rearrange(flows, "b p c h w -> (b p) c h w"), top_fraction)
+    mean, top = rearrange(mean, "(b p) -> b p", b=b), rearrange(top, "(b p) -> b p", b=b)
+    return {"mean": mean, "top": top, "motion_score": mean.mean(dim=1)}
 
 
 def motion_score(video: torch.Tensor, raft=None, **kw) -> torch.Tensor:
