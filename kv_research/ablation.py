@@ -80,6 +80,8 @@ def validate(cfg: AblationConfig) -> None:
     resolved_preset(cfg)
     if cfg.prompts is not None:
         load_prompt_table(cfg.prompts)
+    from .metrics.motion import MotionLabelCache
+    MotionLabelCache(device=cfg.device)      # RAFT weights present and verified, before any training
     out = Path(cfg.out)
     run_json = out / "run.json"
     if run_json.is_file():
@@ -219,7 +221,8 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
                                                  device="meta")}
     table = build_table(summaries, arch, stats, order=list(cfg.variants) + [UNTRAINED, REAL])
     protocol = {"N": len(names), "frames": p.frames, "resolution": p.size, "n_reference": cfg.n_reference,
-                "detectors": {k: v for s in summaries.values() for k, v in s.get("detectors", {}).items()},
+                "detectors": {m["detector"]: m.get("detector_sha256") for s in summaries.values()
+                              for m in s.get("metrics", {}).values() if isinstance(m, dict) and "detector" in m},
                 "evaluator_quality": ev.report.get("quality", ev.report)}
     write_tables(table, out, protocol)
     write_figures(table, out, {n: d for n, d in rows_dirs.items()}, names, real_videos)

@@ -16,12 +16,13 @@ from .utils import atomic_write_bytes, atomic_write_text
 
 # column -> (path in the evaluation summary, better direction)
 METRICS = {
-    "FVD-syn": (("fvd_syn",), "lower"),
-    "CLIPSIM-syn": (("clipsim_syn",), "higher"),
-    "attr acc": (("attr_acc",), "higher"),
-    "motion MAE": (("motion", "mae"), "lower"),
-    "motion Spearman": (("motion", "spearman"), "higher"),
-    "motion binary acc": (("motion", "binary_accuracy"), "higher"),
+    "FVD-syn": (("metrics", "fvd_syn"), "lower"),
+    "CLIPSIM-syn": (("metrics", "clipsim_syn"), "higher"),
+    "attr acc": (("metrics", "attr_acc"), "higher"),
+    "motion MAE": (("metrics", "motion", "agreement", "mae"), "lower"),
+    "motion Spearman": (("metrics", "motion", "agreement", "spearman"), "higher"),
+    "motion binary acc": (("metrics", "motion", "agreement", "binary_accuracy"), "higher"),
+    "motion (measured)": (("metrics", "motion"), "closer to requested"),
 }
 
 
@@ -71,7 +72,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"variant": table["variant"]})
     for col, (_, better) in METRICS.items():
         if col in table:
-            arrow = "↓" if better == "lower" else "↑"
+            arrow = {"lower": "↓", "higher": "↑"}.get(better, "")
             digits = 2 if col.startswith("FVD") else 3
             out[f"{col} {arrow}"] = [_fmt(r[col], r.get(f"{col} ci_low"), r.get(f"{col} ci_high"), digits)
                                      for _, r in table.iterrows()]

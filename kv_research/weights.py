@@ -5,7 +5,8 @@ silently produce numbers. Each known file is described once in ``KNOWN``; ``find
 
 1. an explicit path given by the caller,
 2. ``$KV_WEIGHTS_DIR`` (CI sets it to ``../shared/data/weights``),
-3. the torch hub cache (``$TORCH_HOME/hub/checkpoints``),
+3. ``$KV_SHARED_DATA/weights`` (default ``<repo>/../shared/data/weights``) when that folder exists,
+4. the torch hub cache (``$TORCH_HOME/hub/checkpoints``),
 
 and checks the sha256 where one is known. Downloading happens only when asked (``download=True``) and only
 from the official source; on a machine without internet this raises the same clear ``MissingWeightsError``.
@@ -96,6 +97,10 @@ def weights_dirs() -> list[Path]:
     dirs = []
     if os.environ.get("KV_WEIGHTS_DIR"):
         dirs.append(Path(os.environ["KV_WEIGHTS_DIR"]).expanduser())
+    from .utils import shared_data_dir
+    shared = shared_data_dir() / "weights"   # the checkout's ../shared/data/weights, when present
+    if shared.is_dir() and shared not in dirs:
+        dirs.append(shared)
     torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")).expanduser()
     dirs.append(torch_home / "hub" / "checkpoints")
     return dirs

@@ -22,8 +22,13 @@ CFG = SyntheticConfig()
 
 
 @pytest.fixture(scope="module")
-def smoke():
-    return load_or_train_evaluators(CFG, "smoke", progress=False)
+def cache(tmp_path_factory):
+    return tmp_path_factory.getbasetemp() / "kv_cache"        # the session cache of conftest.py (CLI tests reuse it)
+
+
+@pytest.fixture(scope="module")
+def smoke(cache):
+    return load_or_train_evaluators(CFG, "smoke", cache_dir=cache, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +38,11 @@ def real():
     return torch.stack([c.video for c in a]), [c.caption for c in a], torch.stack([c.video for c in b])
 
 
-def test_cached_by_config_hash(smoke):
+def test_cached_by_config_hash(smoke, cache):
     assert (smoke.path / "featnet.safetensors").is_file() and (smoke.path / "clip.safetensors").is_file()
     cfg = json.loads((smoke.path / "config.json").read_text())
     assert cfg["preset"]["name"] == "smoke" and cfg["data_cfg"]["size"] == CFG.size
-    again = load_or_train_evaluators(CFG, "smoke", progress=False)          # loads, does not retrain
+    again = load_or_train_evaluators(CFG, "smoke", cache_dir=cache, progress=False)   # loads, does not retrain
     assert again.path == smoke.path and again.feature_net.info.sha256 == smoke.feature_net.info.sha256
     assert again.report["train_seconds"] == smoke.report["train_seconds"]
     assert len(smoke.feature_net.info.sha256) == 64 and smoke.path.name in smoke.feature_net.info.name
@@ -139,3 +144,20 @@ def test_motion_agreement_statistics():
     assert abs(b["spearman"]["value"]) < 0.5
     with pytest.raises(ValueError, match="measured has 3 values but requested has 2"):
         motion_agreement([1, 2, 3], [1, 2])
+
+
+def test_motion_through_the_harness():
+    """RAFT-measured motion (the one motion_score) as a per-video column, with agreement against the request."""
+    from kv_research.data.synthetic import prompt_motion_score
+    from kv_research.metrics.motion import load_raft, motion_score
+    clips = [make_clip(i, CFG, "test") for i in range(3)]
+    videos = torch.stack([c.video for c in clips])[:, :, :4]              # 3 clips x 3 frame pairs: CPU-cheap
+    requested = [prompt_motion_score(c.attrs) for c in clips]
+    raft = load_raft()
+    per_video, summary = evaluate_videos(videos, [c.caption for c in clips], metrics=["motion"], raft=raft,
+                                         requested_motion=requested, progress=False, n_boot=50)
+    np.testing.assert_allclose(per_video["motion"], motion_score(videos, raft=raft).numpy(), rtol=1e-5)
+    m = summary["metrics"]["motion"]
+    assert m["n"] == 3 and m["detector_sha256"] == raft.kv_weights["sha256"]
+    assert m["agreement"]["n"] == 3 and "spearman" in m["agreement"] and "binary_accuracy" in m["agreement"]
+    assert per_video["requested_motion"].tolist() == pytest.approx(requested)

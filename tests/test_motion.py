@@ -144,6 +144,8 @@ def test_input_checks(raft):
         M.motion_score(torch.rand(3, 1, 32, 32), raft)
     with pytest.raises(TypeError, match="uint8"):
         M.motion_score(torch.zeros(3, 2, 32, 32, dtype=torch.uint8), raft)
+    with pytest.raises(ValueError, match=r"values in \[0,1\]"):
+        M.motion_score(torch.rand(3, 2, 32, 32) * 255, raft)
     with pytest.raises(ValueError, match="B,3,T,H,W"):
         M.motion_score(torch.rand(2, 2, 32, 32), raft)
 

@@ -192,7 +192,7 @@ def _read_av(path, num_frames, stride, fps, size, crop, verify):
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
             if n in wanted:
-                rotation = int(round((frame.rotation or 0) / 90.0)) % 4
+                rotation = int(round((getattr(frame, "rotation", 0) or 0) / 90.0)) % 4
                 got[n], source_hw = _convert(frame, rotation, size, crop)
             n += 1
             if not verify and n > last_needed:

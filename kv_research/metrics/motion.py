@@ -161,6 +161,10 @@ def _as_batch(video: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"motion needs at least 2 frames, got T={video.shape[2]}")
     if not video.is_floating_point():
         raise TypeError(f"expected float video in [0,1], got dtype {video.dtype} (divide uint8 by 255)")
+    lo, hi = video.aminmax()
+    if lo < -0.01 or hi > 1.01:
+        raise ValueError(f"expected values in [0,1], got [{lo.item():.3g}, {hi.item():.3g}] "
+                         "(RAFT inputs are mapped from [0,1] to [-1,1] here; do not pre-normalise)")
     return video
 
 
