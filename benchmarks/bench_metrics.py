@@ -81,6 +81,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-boot", type=int, default=1000)
     args = ap.parse_args(argv)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+    from kv_research.utils import shared_data_dir
+    os.environ.setdefault("KV_WEIGHTS_DIR", str(shared_data_dir() / "weights"))     # RAFT-small lives there
     metrics = [m for m in args.metrics.split(",") if m]
 
     cfg = SyntheticConfig()
@@ -115,7 +117,7 @@ def main(argv=None) -> int:
                 bare = bare_raft(raft, v)
             else:
                 from kv_research.metrics.evaluators import load_or_train_evaluators
-                ev = load_or_train_evaluators(cfg, args.preset, progress=True)
+                ev = load_or_train_evaluators(cfg, args.preset, progress=False)   # trains once if not cached
                 kw.update(evaluators=ev)
                 v = videos
                 bare = bare_clip(ev.clip, v, prompts, args.batch_size) if m == "clipsim_syn" else \

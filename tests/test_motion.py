@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 import kv_research.metrics.motion as M
-from kv_research.data.synthetic import SyntheticConfig, make_clip, render_clip
+from kv_research.data.synthetic import RENDER_VERSION, SyntheticConfig, make_clip, render_clip
 from kv_research.data.video import read_video
 from kv_research.weights import KNOWN, MissingWeightsError
 
@@ -42,7 +42,8 @@ def test_princeton_weights_map_onto_torchvision_strictly(raft):
 
 
 def test_missing_weights_give_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("KV_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("KV_WEIGHTS_DIR", str(tmp_path))                    # every place find_weights looks
+    monkeypatch.setenv("KV_SHARED_DATA", str(tmp_path / "shared"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(M, "_RAFT_CACHE", {})
     with pytest.raises(MissingWeightsError, match="raft-small.pth") as err:
@@ -158,7 +159,7 @@ def test_motion_label_cache(raft, tmp_path, monkeypatch):
     files = sorted(cache.dir.glob("*.json"))
     assert len(files) == 3 and np.all(first >= 0)
     rec = json.loads(files[0].read_text())
-    assert rec["clip_id"].startswith("syn-") and rec["weights_sha256"] == cache.weights_hash
+    assert rec["clip_id"].startswith(f"syn{RENDER_VERSION}-") and rec["weights_sha256"] == cache.weights_hash
     # direct computation with the same settings gives the cached values
     direct = M.motion_score(torch.stack([make_clip(i, cfg).video for i in range(3)]), raft, num_flow_updates=2)
     np.testing.assert_allclose(first, direct.numpy(), rtol=1e-5)

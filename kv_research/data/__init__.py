@@ -8,9 +8,9 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {name: "synthetic" for name in (
-    "SyntheticConfig", "SyntheticClip", "SyntheticVideoDataset", "SHAPES", "COLORS", "SIZES", "DIRECTIONS", "SPEEDS",
-    "BACKGROUNDS", "sample_attrs", "caption_from_attrs", "parse_caption", "render_clip", "make_clip", "clip_id",
-    "nominal_motion_score", "prompt_motion_score", "collate_clips", "build_benchmark", "load_prompts")}
+    "SyntheticConfig", "SyntheticClip", "SyntheticVideoDataset", "RENDER_VERSION", "SHAPES", "COLORS", "SIZES",
+    "DIRECTIONS", "SPEEDS", "BACKGROUNDS", "sample_attrs", "caption_from_attrs", "parse_caption", "render_clip",
+    "make_clip", "clip_id", "nominal_motion_score", "prompt_motion_score", "collate_clips", "build_benchmark", "load_prompts")}
 _EXPORTS.update({name: "video" for name in (
     "read_video", "sample_indices", "save_video", "to_uint8", "VideoDecodeError", "VideoTooShortError",
     "VideoFolderDataset", "UCF101Dataset", "camel_to_words", "VIDEO_EXTENSIONS")})

@@ -37,7 +37,8 @@ from einops import rearrange
 
 from kv_research.utils import atomic_write_text, config_hash
 
-__all__ = ["SyntheticConfig", "SyntheticClip", "SHAPES", "COLORS", "SIZES", "DIRECTIONS", "SPEEDS", "BACKGROUNDS",
+__all__ = ["SyntheticConfig", "SyntheticClip", "RENDER_VERSION", "SHAPES", "COLORS", "SIZES", "DIRECTIONS",
+           "SPEEDS", "BACKGROUNDS",
            "sample_attrs", "caption_from_attrs", "parse_caption", "render_clip", "make_clip", "clip_id",
            "nominal_motion_score", "prompt_motion_score", "SyntheticVideoDataset", "collate_clips",
            "build_benchmark", "load_prompts"]
@@ -69,9 +70,15 @@ BACKGROUNDS = ("plain", "gradient", "striped", "checkered", "textured")
 # plain/gradient backgrounds; with it the still-clip floor is about 0.1-0.2, and Spearman(score, ground truth)
 # over random clips rose from 0.81 to 0.97 (40 clips, development measurement). "plain" still looks plain.
 GRAIN = 0.04
-# Objects are shaded radially (centre brighter by up to SHADE) so their interior has structure that moves.
-SHADE = 0.15
+# Objects carry a pattern that moves with them (radial darkening up to SHADE at the rim, times a smooth oblique
+# texture of depth TEXTURE): RAFT cannot see a flat-coloured interior move (aperture problem) and measured big
+# flat triangles over striped/checkered backgrounds at 0.3-0.5x their true motion; with the pattern 0.8-1.4x.
+SHADE = 0.2
+TEXTURE = 0.25
 STILL_DIRECTION = "none"   # the direction attribute of an object whose speed is 'still'
+# Bump whenever the pixels of a (cfg, split, index) clip change: it is part of every clip_id (so cached motion
+# labels go stale) and should be part of any other cache built from rendered clips (evaluators, statistics).
+RENDER_VERSION = 2
 
 _ATTR_KEYS = ("size", "color", "shape", "direction", "speed")
 
@@ -214,8 +221,12 @@ class SyntheticClip:
 
 
 def _object_shade(x: np.ndarray, y: np.ndarray, h: float) -> np.ndarray:
-    """Brightness factor (<= 1) in object coordinates, so it moves exactly with the object (sub-pixel too)."""
-    return 1 - SHADE * np.minimum(np.hypot(x, y) / h, 1.0)
+    """Brightness factor in (0, 1] from object coordinates (x, y relative to the centre, px), so the pattern
+    moves exactly with the object, sub-pixel too: a radial darkening cone times two fixed oblique sinusoids."""
+    u, v = x / h, y / h
+    pattern = 0.5 + 0.25 * (np.sin(2 * np.pi * (1.3 * u + 0.7 * v) + 0.4)
+                            + np.sin(2 * np.pi * (1.6 * v - 0.6 * u) + 1.9))
+    return (1 - SHADE * np.minimum(np.hypot(u, v), 1.0)) * (1 - TEXTURE * pattern)
 
 
 def _speed_fraction(speed) -> float:
@@ -274,7 +285,7 @@ def _split_code(split: str) -> int:
 
 def clip_id(index: int, cfg: SyntheticConfig, split: str = "train") -> str:
     """Globally unique id (includes the config hash), used to key cached motion labels."""
-    return f"syn-{config_hash(cfg, 8)}-{split}-{index:05d}"
+    return f"syn{RENDER_VERSION}-{config_hash(cfg, 8)}-{split}-{index:05d}"
 
 
 @functools.lru_cache(maxsize=8)

@@ -184,7 +184,8 @@ def evaluate_videos(videos: torch.Tensor, prompts: Sequence[str], *, requested_m
         for a, v in checks.items():
             per_video[f"attr_{a}"] = v
         entry = per_video_entry(acc, {**info, "definition": "mean of colour/shape/direction/speed checks of the "
-                                                            "prompt's first object (colour-slot heads)"})
+                                                            "prompt's first object, found by its colour among the "
+                                                            "synthetic video net's detections"})
         entry["per_attribute"] = {a: per_video_entry(v, {}) for a, v in checks.items()}
         entry["evaluator_quality"] = evaluators.report.get("quality", {}).get("videonet", {})
         summary["metrics"]["attr_acc"] = entry

@@ -3,13 +3,15 @@
 No pretrained I3D or CLIP exists offline, and a Kinetics I3D would say little about 32-px coloured shapes
 anyway. So the suite trains two small evaluators on its own synthetic clips and reports their quality:
 
-(a) ``SynVideoNet``: a few spatio-temporal 3D convolutions. Its penultimate features give **FVD-syn** (same
-    Fréchet code as FVD) and its heads give **attribute accuracy**. The heads are *colour slots*: for each
-    colour, "is there an object of this colour" and that object's shape / direction / speed / size, plus the
-    background. Why slots instead of "first object" heads: the renderer keeps object paths apart, so which
-    object is "first" (top-most) is invisible in most two-object clips, and a first-object classifier is
-    capped near 50 % there. A prompt's first object is found by its colour instead, which checks attribute
-    *binding* too (a blue circle does not count for "a red circle").
+(a) ``SynVideoNet``: spatio-temporal 3D convolutions (plus a 2D stream on the sharp middle frame) ending in
+    an 8x8 grid. Its pooled grid features give **FVD-syn** (same Fréchet code as FVD); per-cell heads detect
+    objects and classify each one's colour / shape / size / direction / speed (plus a background head),
+    trained with the renderer's object positions. This gives **attribute accuracy**: the prompt's first
+    object is looked up *by its colour* among the detections and its shape / direction / speed are checked.
+    Why not "first object" heads: the renderer keeps object paths apart, so which object is "first"
+    (top-most) is invisible in most two-object clips and such a classifier is capped near 50 % there.
+    Looking the object up by colour also checks attribute *binding* (a blue circle does not count for
+    "a red circle").
 (b) A small CLIP built from open_clip's own classes (``open_clip.model.CLIP`` with tiny ``CLIPVisionCfg`` /
     ``CLIPTextCfg``, the real open_clip BPE tokenizer, ``open_clip.loss.ClipLoss``), trained contrastively on
     (frame, caption) pairs. It gives **CLIPSIM-syn** through the same ``ClipSimExtractor`` as real CLIPSIM.
