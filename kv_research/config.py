@@ -124,8 +124,8 @@ def _presets() -> dict[str, Preset]:
         name="quick",
         unet=UNetConfig(model_channels=16, channel_mult=(1, 2, 4)),
         text=TextConfig(),
-        diffusion=DiffusionConfig(sample_steps=12, guidance_text=3.0, guidance_image=1.0),
-        train=TrainConfig(image_steps=800, video_steps=200, batch_size=16, video_batch_size=4),
+        diffusion=DiffusionConfig(sample_steps=10, guidance_text=3.0, guidance_image=1.0),
+        train=TrainConfig(image_steps=600, video_steps=150, batch_size=16, video_batch_size=4),
         eval=EvalConfig(),
         data=dict(n_train=512, n_test=32, seed=0),
         frames=8, size=32)

@@ -124,7 +124,7 @@ def write_figures(table: pd.DataFrame, out: str | Path, row_dirs: dict[str, Path
         vals = table[col].astype(float).to_numpy()
         lo = table.get(f"{col} ci_low", pd.Series([np.nan] * len(vals))).astype(float).to_numpy()
         hi = table.get(f"{col} ci_high", pd.Series([np.nan] * len(vals))).astype(float).to_numpy()
-        err = np.vstack([np.nan_to_num(vals - lo), np.nan_to_num(hi - vals)])
+        err = np.clip(np.vstack([np.nan_to_num(vals - lo), np.nan_to_num(hi - vals)]), 0, None)
         ax.bar(range(len(vals)), vals, yerr=err, capsize=3,
                color=["tab:gray" if v in ("Untrained", "Real clips", "Spatial") else "tab:blue"
                       for v in table["variant"]])
