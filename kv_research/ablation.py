@@ -94,6 +94,13 @@ def validate(cfg: AblationConfig) -> None:
                 f"{out} holds a different run (config hash {old.get('config_hash')}, this one "
                 f"{config_hash(cfg.identity())}; its config: {json.dumps(old.get('config', {}).get('preset'))}). "
                 "Choose another --out; nothing was changed.")
+        for v in cfg.variants:   # a checkpoint left by another variant or config in a variant's folder
+            ck = out / "variants" / v / "checkpoints" / "last.json"
+            if ck.is_file():
+                got = json.loads(ck.read_text()).get("variant")
+                if got != v:
+                    raise ValueError(f"{ck} is a checkpoint of variant '{got}', but this folder is for '{v}'; "
+                                     "remove it or choose another --out")
     elif out.is_dir() and any(out.iterdir()) and not (out / "benchmark").is_dir():
         raise ValueError(f"{out} exists, is not empty and holds no ablation run; choose another --out")
 

@@ -1,0 +1,163 @@
+"""The main job end to end on the smoke preset: table, figures, notebook, resumption, bad input."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "experiments" / "ablate_blocks.py"
+SMALL = ["--variants", "Spatial", "Conv1dAttn1dBlocks", "--no-untrained", "--set", "train.image_steps=30",
+         "--set", "train.video_steps=12", "--no-progress", "--threads", "1"]
+METRIC_COLS = ["FVD-syn", "CLIPSIM-syn", "attr acc", "motion MAE", "motion Spearman"]
+
+
+def run_cli(args, timeout=600, check=True):
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ablate_blocks failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The whole smoke preset (every default variant, Untrained and Real rows), as a user runs it."""
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    t = time.perf_counter()
+    run_cli(["--preset", "smoke", "--out", str(out), "--no-progress"])
+    print(f"smoke preset wall time: {time.perf_counter() - t:.1f} s")
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("small") / "run"
+    run_cli(["--preset", "smoke", "--out", str(out), *SMALL])
+    return out
+
+
+def test_smoke_preset_writes_the_table(smoke_run):
+    from kv_research.models.temporal import DEFAULT_STUDY
+    table = pd.read_csv(smoke_run / "ablate_blocks.csv")
+    assert table["variant"].tolist() == [*DEFAULT_STUDY, "Untrained", "Real clips"]
+    for col in METRIC_COLS:
+        assert table[col].notna().all(), col
+        assert {f"{col} ci_low", f"{col} ci_high"} <= set(table.columns)
+    for f in ("ablate_blocks.md", "ablate_blocks.tex", "ablate_blocks.png", "samples.png", "run.json"):
+        assert (smoke_run / f).is_file(), f
+    md = (smoke_run / "ablate_blocks.md").read_text()
+    assert "Published numbers (not ours)" in md and "545.184" in md and "N = 12 generated videos" in md
+    run = json.loads((smoke_run / "run.json").read_text())
+    assert run["protocol"]["frames"] == 4 and run["protocol"]["resolution"] == 16 and run["protocol"]["N"] == 12
+    assert all(len(h or "") == 64 for h in run["protocol"]["detectors"].values())
+    # the real clips are the best row on FVD-syn; the untrained model is not
+    real = table.set_index("variant").loc["Real clips"]
+    assert real["FVD-syn"] < table.set_index("variant").loc["Untrained"]["FVD-syn"]
+
+
+def test_notebook_executes_on_smoke_outputs(smoke_run):
+    import nbformat
+    from nbclient import NotebookClient
+    nb = nbformat.read(REPO / "notebooks" / "ablation_analysis.ipynb", as_version=4)
+    os.environ["KV_RESULTS"] = str(smoke_run)
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    finally:
+        del os.environ["KV_RESULTS"]
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert any("protocol" in o.get("text", "") for o in outputs)
+
+
+def _videos(folder):
+    return {p.name: np.load(p)["video"] for p in sorted(Path(folder).glob("variants/*/videos/*.npz"))}
+
+
+def test_killed_runs_resume_to_the_same_table(small_run, tmp_path):
+    out = tmp_path / "killed"
+    rng = random.Random(1234)
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    kills = 0
+    for _ in range(3):          # kill at random points, at most three times
+        proc = subprocess.Popen([sys.executable, str(SCRIPT), "--preset", "smoke", "--out", str(out), *SMALL],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
+        try:
+            proc.wait(timeout=rng.uniform(4.0, 15.0))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+    run_cli(["--preset", "smoke", "--out", str(out), *SMALL])
+    assert kills >= 1
+    a = pd.read_csv(small_run / "ablate_blocks.csv").set_index("variant")
+    b = pd.read_csv(out / "ablate_blocks.csv").set_index("variant")
+    cols = [c for c in a.columns if c.split(" ci_")[0] in METRIC_COLS + ["motion binary acc", "motion (measured)"]]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+    va, vb = _videos(small_run), _videos(out)
+    assert va.keys() == vb.keys() and all(np.array_equal(va[k], vb[k]) for k in va)
+
+
+def test_batch_size_does_not_change_videos(tmp_path):
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_diffusion import tiny_pipe
+    from kv_research.harness import generate_prompt_set, load_samples
+    pipe = tiny_pipe(variant="Conv1dAttn1dBlocks").eval()
+    prompts = pd.DataFrame({"id": ["a", "b", "c"], "prompt": ["a red square", "a blue circle", "a green cross"],
+                            "motion": [1.0, 10.0, 30.0]})
+    names = {}
+    for bs in (1, 3):
+        names[bs] = generate_prompt_set(pipe, prompts, tmp_path / f"bs{bs}", frames=3, size=8, batch_size=bs,
+                                        first_frames_dir=tmp_path / f"ff{bs}", progress=False, preview=False)
+    v1, v3 = load_samples(tmp_path / "bs1", names[1]), load_samples(tmp_path / "bs3", names[3])
+    assert (v1 - v3).abs().max() <= 1 / 255 + 1e-6           # at most one quantisation step
+    assert (v1 == v3).float().mean() > 0.99
+    again = generate_prompt_set(pipe, prompts, tmp_path / "again", frames=3, size=8, batch_size=3,
+                                first_frames_dir=tmp_path / "ff_again", progress=False, preview=False)
+    assert torch.equal(load_samples(tmp_path / "again", again), v3)   # same seed, same videos
+
+
+def test_bad_input_fails_before_any_work(small_run, tmp_path):
+    before = {p: p.stat().st_mtime_ns for p in small_run.rglob("*") if p.is_file()}
+    p = run_cli(["--preset", "smoke", "--out", str(tmp_path / "x"), "--variants", "Conv2dAttn1dBlocks"], check=False)
+    assert p.returncode == 2 and "unknown variant 'Conv2dAttn1dBlocks'" in p.stderr
+    empty = tmp_path / "empty.csv"
+    empty.write_text("prompt\n")
+    p = run_cli(["--preset", "smoke", "--out", str(tmp_path / "y"), "--prompts", str(empty)], check=False)
+    assert p.returncode == 2 and "holds no prompts" in p.stderr and str(empty) in p.stderr
+    bad = tmp_path / "bad.csv"
+    bad.write_text("caption,motion\nhello,3\n")
+    p = run_cli(["--preset", "smoke", "--out", str(tmp_path / "z"), "--prompts", str(bad)], check=False)
+    assert p.returncode == 2 and "no 'prompt' column" in p.stderr
+    # the folder of another run (different seed) is refused, and nothing in it changes
+    p = run_cli(["--preset", "smoke", "--out", str(small_run), *SMALL, "--seed", "7"], check=False)
+    assert p.returncode == 2 and "holds a different run" in p.stderr
+    # a checkpoint of another variant in a variant's folder is refused before training
+    ck = small_run / "variants" / "Spatial" / "checkpoints" / "last.json"
+    meta = json.loads(ck.read_text())
+    (tmp_path / "saved.json").write_text(ck.read_text())
+    ck.write_text(json.dumps({**meta, "variant": "Conv3dAttn1dBlocks"}))
+    try:
+        p = run_cli(["--preset", "smoke", "--out", str(small_run), *SMALL], check=False)
+        assert p.returncode == 2 and "checkpoint of variant 'Conv3dAttn1dBlocks'" in p.stderr
+    finally:
+        ck.write_text((tmp_path / "saved.json").read_text())
+    after = {p: p.stat().st_mtime_ns for p in small_run.rglob("*") if p.is_file()}
+    changed = [p for p in before if before[p] != after.get(p) and p != ck]
+    assert not changed, changed
+
+
+def test_dry_run_prints_the_plan(tmp_path):
+    p = run_cli(["--preset", "smoke", "--out", str(tmp_path / "dry"), "--dry-run"])
+    plan = json.loads(p.stdout)
+    assert plan["preset"]["name"] == "smoke" and not (tmp_path / "dry").exists()
