@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     ap.add_argument("--samples-per-prompt", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for generation (GPU)")
+    ap.add_argument("--compile", action="store_true", help="torch Module.compile() the UNets (GPU)")
     ap.add_argument("--no-untrained", action="store_true", help="skip the untrained reference row")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[],
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cfg = AblationConfig(preset=args.preset, variants=tuple(args.variants), out=args.out, prompts=args.prompts,
                          samples_per_prompt=args.samples_per_prompt, include_untrained=not args.no_untrained,
-                         device=args.device, bf16=args.bf16, seed=args.seed, progress=not args.no_progress,
+                         device=args.device, bf16=args.bf16, compile=args.compile, seed=args.seed, progress=not args.no_progress,
                          overrides=dict(args.overrides))
     try:
         validate(cfg)

@@ -44,6 +44,7 @@ class AblationConfig:
     include_untrained: bool = True
     device: str = "cpu"
     bf16: bool = False                  # bf16 autocast for generation (GPU)
+    compile: bool = False               # Module.compile() on each UNet before training/generation (GPU)
     seed: int = 0
     progress: bool = True
     overrides: dict = field(default_factory=dict)   # e.g. {"train.video_steps": 10} for quick experiments
@@ -51,7 +52,7 @@ class AblationConfig:
     def identity(self) -> dict:
         """What makes two runs the same run (the variant list may grow; the folder and device may change)."""
         d = to_jsonable(self)
-        for k in ("variants", "out", "device", "progress"):
+        for k in ("variants", "out", "device", "progress", "compile"):
             d.pop(k)
         return d
 
@@ -178,6 +179,8 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
     for v in cfg.variants:
         vdir = out / "variants" / v
         pipe = image.inflated(v, train_spatial=p.train.train_spatial)
+        if cfg.compile:     # compiles forward in place; state_dict keys stay the same (no '_orig_mod.')
+            pipe.unet.compile()
         with stage(f"{v}: fine-tune"):
             tr = Trainer(pipe, "video", data, p.train, vdir, progress=cfg.progress, device=cfg.device)
             tr.fit()

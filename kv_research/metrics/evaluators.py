@@ -70,8 +70,8 @@ class EvaluatorPreset:
     clip_layers: int = 2
     clip_patch: int = 4
     clip_context: int = 40
-    clip_batch: int = 64
-    clip_lr: float = 2e-3
+    clip_batch: int = 48
+    clip_lr: float = 3e-3
 
 
 PRESETS: dict[str, EvaluatorPreset] = {
@@ -317,7 +317,9 @@ def load_or_train_evaluators(data_cfg=None, preset: str | EvaluatorPreset = "qui
             raise ValueError(f"unknown evaluator preset {preset!r}; known: {sorted(PRESETS)}")
         preset = PRESETS[preset]
     vocab = _vocab()
-    key = config_hash({"data": data_cfg, "preset": preset, "version": EVALUATOR_VERSION, "vocab": vocab})
+    from ..data.synthetic import RENDER_VERSION
+    key = config_hash({"data": data_cfg, "preset": preset, "version": EVALUATOR_VERSION, "vocab": vocab,
+                       "render": RENDER_VERSION})
     folder = Path(cache_dir or default_cache_dir()) / "evaluators" / f"{preset.name}-{key}"
     if not (folder / "config.json").is_file():
         _train_and_save(folder, data_cfg, preset, vocab, progress, device)
