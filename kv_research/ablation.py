@@ -110,8 +110,7 @@ def plan(cfg: AblationConfig) -> dict:
     p = resolved_preset(cfg)
     return {"config": to_jsonable(cfg), "config_hash": config_hash(cfg.identity()), "preset": to_jsonable(p),
             "stages": ["benchmark", "motion labels", f"image pretraining ({p.train.image_steps} steps)"]
-            + [f"{v}: fine-tune {p.train.video_steps if get_variant(v).temporal or v == 'Spatial' else 0} steps, "
-               f"generate, evaluate" for v in cfg.variants]
+            + [f"{v}: fine-tune {p.train.video_steps} steps, generate, evaluate" for v in cfg.variants]
             + (["Untrained: generate, evaluate"] if cfg.include_untrained else []) + ["tables, figures"]}
 
 

@@ -58,6 +58,9 @@ class Trainer:
         self.step = 0
         self.ckpt = self.run_dir / "checkpoints" / "last.safetensors"
         self.stats_path = self.run_dir / "stats.jsonl"
+        dist = torch.distributed
+        self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.rank = dist.get_rank() if self.world > 1 else 0
 
     # ----------------------------------------------------------------------------------------------- state
     def resume(self) -> bool:
@@ -77,6 +80,8 @@ class Trainer:
         return True
 
     def save(self) -> None:
+        if self.rank != 0:      # every rank holds the same weights; one writes them
+            return
         save_checkpoint(self.ckpt, self.pipe, self.ema, extra={"step": self.step, "mode": self.mode,
                                                                "steps": self.steps})
         buf = self.ckpt.with_suffix(".optim.pt")
@@ -91,7 +96,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ loop
     def batch(self, step: int):
-        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+        g = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + step) * self.world + self.rank)
         n = len(self.data.clips)
         if self.mode == "image":
             idx = torch.randint(0, n, (self.cfg.batch_size,), generator=g)
@@ -112,6 +117,11 @@ class Trainer:
             loss = self.pipe.video_loss(x, caps, motion, g)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.world > 1:   # data parallel under torchrun: average gradients over ranks (each saw its own batch)
+            for prm in self.params.values():
+                if prm.grad is not None:
+                    torch.distributed.all_reduce(prm.grad)
+                    prm.grad /= self.world
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params.values(), self.cfg.grad_clip)
         self.opt.step()
@@ -125,8 +135,9 @@ class Trainer:
         """Train to ``self.steps`` (or stop early after ``stop_after`` steps, for tests of resumption)."""
         from tqdm.auto import tqdm
         self.resume()
-        atomic_write_json(self.run_dir / "config.json", {"mode": self.mode, "steps": self.steps,
-                                                        "train": self.cfg})
+        if self.rank == 0:
+            atomic_write_json(self.run_dir / "config.json", {"mode": self.mode, "steps": self.steps,
+                                                            "world_size": self.world, "train": self.cfg})
         bar = tqdm(total=self.steps, initial=self.step, desc=f"train {self.mode}", disable=not self.progress)
         per_item = self.cfg.batch_size if self.mode == "image" else self.cfg.video_batch_size
         losses, t0, done, start = [], time.perf_counter(), 0, self.step
@@ -139,8 +150,9 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 rec = {"step": self.step, "loss": sum(losses) / len(losses), "ema_decay": ema_decay(self.step, self.cfg),
                        "steps_per_s": len(losses) / dt, "samples_per_s": len(losses) * per_item / dt}
-                with open(self.stats_path, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
+                if self.rank == 0:
+                    with open(self.stats_path, "a") as f:
+                        f.write(json.dumps(rec) + "\n")
                 bar.set_postfix(loss=f"{rec['loss']:.4f}")
                 losses, t0 = [], time.perf_counter()
             if self.step % self.cfg.ckpt_every == 0 or self.step == self.steps:
