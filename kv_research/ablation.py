@@ -149,7 +149,8 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
     # 1. benchmark files and data ----------------------------------------------------------------------
     data_cfg = p.synthetic_config()
     with stage("benchmark"):
-        paths = build_benchmark(out / "benchmark", data_cfg) if dist.main else None
+        if dist.main:
+            build_benchmark(out / "benchmark", data_cfg)
         dist.barrier()
         prompts = load_prompt_table(cfg.prompts) if cfg.prompts else load_prompts(out / "benchmark" / "test.csv")
         train_clips = [make_clip(i, data_cfg, "train") for i in range(data_cfg.n_train)]
@@ -158,7 +159,6 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
     with stage("motion labels"):
         labels = MotionLabelCache(device=cfg.device).label_synthetic(data_cfg, "train", progress=cfg.progress)
     data = TrainData(clips, captions, torch.as_tensor(labels, dtype=torch.float32))
-    del paths
 
     # 2. text-to-image pretraining (once, shared by every variant) --------------------------------------
     torch.manual_seed(cfg.seed)
@@ -204,13 +204,14 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
 
     # 4. evaluation ---------------------------------------------------------------------------------------
     from .harness import sample_names
-    names = [s[0] for s in sample_names(prompts, cfg.samples_per_prompt)]
-    texts = [s[1] for s in sample_names(prompts, cfg.samples_per_prompt)]
-    requested = [s[3] for s in sample_names(prompts, cfg.samples_per_prompt)]
+    samples = sample_names(prompts, cfg.samples_per_prompt)
+    names, texts, requested = [x[0] for x in samples], [x[1] for x in samples], [x[3] for x in samples]
     requested = None if requested[0] is None else np.asarray(requested, dtype=np.float64)
     with stage("evaluators"):
         ev = load_or_train_evaluators(data_cfg, p.eval.evaluator_preset, progress=cfg.progress, device=cfg.device)
-    reference = torch.stack([make_clip(i, data_cfg, "train").video for i in range(cfg.n_reference)])
+    extra = range(len(clips), cfg.n_reference)   # the train clips already rendered, then more of the split
+    reference = torch.cat([clips[:cfg.n_reference]] + ([torch.stack([make_clip(i, data_cfg, "train").video
+                                                                      for i in extra])] if len(extra) else []))
     summaries: dict[str, dict] = {}
     real_dir = out / "variants" / REAL
     real_videos = None
