@@ -29,6 +29,7 @@ from .config import get_preset
 from .models.temporal import DEFAULT_STUDY, get_variant
 from .utils import atomic_write_json, config_hash, to_jsonable
 
+CONTROL = "motion_control"    # sub-folder of a variant: the same prompts at the other end of the motion range
 UNTRAINED = "Untrained"      # random-init Conv1dAttn1dBlocks, never trained: the floor every trained model must beat
 REAL = "Real clips"          # the benchmark's own test clips: the ceiling / noise floor of each metric
 
@@ -78,7 +79,11 @@ def validate(cfg: AblationConfig) -> None:
         get_variant(v)           # raises with the list of known names
     if len(set(cfg.variants)) != len(cfg.variants):
         raise ValueError(f"variant listed twice: {list(cfg.variants)}")
-    resolved_preset(cfg)
+    ecfg = resolved_preset(cfg).eval
+    q = ecfg.motion_control_quantiles
+    if ecfg.motion_control_prompts < 0 or len(q) != 2 or not 0.0 <= q[0] < q[1] <= 1.0:
+        raise ValueError(f"eval.motion_control_prompts must be >= 0 (got {ecfg.motion_control_prompts}) and "
+                         f"eval.motion_control_quantiles two increasing numbers in [0, 1] (got {q})")
     if cfg.prompts is not None:
         load_prompt_table(cfg.prompts)
     from .metrics.motion import MotionLabelCache
@@ -110,7 +115,9 @@ def plan(cfg: AblationConfig) -> dict:
     p = resolved_preset(cfg)
     return {"config": to_jsonable(cfg), "config_hash": config_hash(cfg.identity()), "preset": to_jsonable(p),
             "stages": ["benchmark", "motion labels", f"image pretraining ({p.train.image_steps} steps)"]
-            + [f"{v}: fine-tune {p.train.video_steps} steps, generate, evaluate" for v in cfg.variants]
+            + [f"{v}: fine-tune {p.train.video_steps} steps, generate"
+               + (f", motion control ({p.eval.motion_control_prompts} prompts)" if p.eval.motion_control_prompts
+                  else "") + ", evaluate" for v in cfg.variants]
             + (["Untrained: generate, evaluate"] if cfg.include_untrained else []) + ["tables, figures"]}
 
 
@@ -173,6 +180,7 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
                   batch_size=p.eval.batch_size, base_seed=cfg.seed, dist=dist, progress=cfg.progress,
                   autocast_dtype=torch.bfloat16 if cfg.bf16 else None)
     rows_dirs: dict[str, Path] = {}
+    control_prompts = motion_control_prompts(prompts, labels, p.eval)
 
     # 3. each variant: inflate, fine-tune, generate ------------------------------------------------------
     for v in cfg.variants:
@@ -188,6 +196,10 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
         with stage(f"{v}: generate"):
             generate_prompt_set(pipe, prompts, vdir, first_frames_dir=out / "first_frames", image_pipe=image,
                                 **gen_kw)
+        if control_prompts is not None:
+            with stage(f"{v}: motion control"):
+                generate_prompt_set(pipe, control_prompts, vdir / CONTROL, first_frames_dir=out / "first_frames",
+                                    image_pipe=image, **gen_kw)
         rows_dirs[v] = vdir
         del pipe
     if cfg.include_untrained:
@@ -221,7 +233,13 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
     for name, folder in list(rows_dirs.items()) + ([(REAL, real_dir)] if real_videos is not None else []):
         with stage(f"{name}: evaluate"):
             videos = real_videos if name == REAL else load_samples(folder, names)
-            summaries[name] = evaluate_folder(folder, videos, names, texts, requested, reference, ev, p, cfg)
+            control = None
+            if control_prompts is not None and name in cfg.variants:
+                cnames = [s[0] for s in sample_names(control_prompts, cfg.samples_per_prompt)]
+                control = (load_samples(folder / CONTROL, cnames),
+                           np.repeat(control_prompts.motion.to_numpy(np.float64), cfg.samples_per_prompt))
+            summaries[name] = evaluate_folder(folder, videos, names, texts, requested, reference, ev, p, cfg,
+                                              control)
 
     # 5. table, figures, run.json -------------------------------------------------------------------------
     from .tables import build_table, write_figures, write_tables
@@ -236,19 +254,50 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
                 "evaluator_quality": ev.report.get("quality", ev.report)}
     write_tables(table, out, protocol)
     write_figures(table, out, {n: d for n, d in rows_dirs.items()}, names, real_videos)
-    timings_all = {**meta["timings_s"], **timings}
-    timings_all["total (this invocation)"] = time.perf_counter() - t_start
+    # a resumed run adds to the stage times of earlier invocations instead of replacing them with its own
+    # (near-zero) times for the stages it skipped; each invocation's total is kept
+    timings_all = dict(meta["timings_s"])
+    for k, v in timings.items():
+        timings_all[k] = timings_all.get(k, 0.0) + v
+    invocations = list(prev.get("invocations_s") or ([prev["timings_s"]["total (this invocation)"]]
+                                                      if "total (this invocation)" in prev.get("timings_s", {})
+                                                      else []))
+    invocations.append(time.perf_counter() - t_start)
+    timings_all["total (this invocation)"] = invocations[-1]
+    timings_all["total (all invocations)"] = sum(invocations)
+    meta["invocations_s"] = invocations
     meta.update({"timings_s": timings_all, "protocol": protocol,
                  "variants_done": sorted(set(meta["variants_done"]) | set(cfg.variants))})
     atomic_write_json(run_json, meta)
     return table
 
 
-def evaluate_folder(folder: Path, videos, names, texts, requested, reference, ev, p, cfg) -> dict:
-    """Evaluate one row's videos (cached in ``folder/summary.json`` keyed by the videos' content hash)."""
+def motion_control_prompts(prompts: pd.DataFrame, labels, ecfg) -> pd.DataFrame | None:
+    """The paired motion-control set: the first ``ecfg.motion_control_prompts`` prompts, each requesting the
+    other end of the training motion range (the high quantile if its own request is below the median label,
+    else the low one). None when off or when the prompt set requests no motion."""
+    n = min(ecfg.motion_control_prompts, len(prompts))
+    if n < 2 or "motion" not in prompts.columns:
+        return None
+    lo, mid, hi = np.quantile(np.asarray(labels, dtype=np.float64), [ecfg.motion_control_quantiles[0], 0.5,
+                                                                     ecfg.motion_control_quantiles[1]])
+    ctl = prompts.head(n).copy()
+    ctl["motion"] = np.where(ctl["motion"].to_numpy(np.float64) < mid, hi, lo)
+    return ctl
+
+
+def evaluate_folder(folder: Path, videos, names, texts, requested, reference, ev, p, cfg, control=None) -> dict:
+    """Evaluate one row's videos (cached in ``folder/summary.json`` keyed by the videos' content hash).
+
+    ``control``: (videos, requested) of the paired motion-control set, aligned with the first videos of the row.
+    """
     import hashlib
     from .metrics.core import evaluate_videos
-    digest = hashlib.sha256((videos * 255).round().to(torch.uint8).numpy().tobytes()).hexdigest()[:16]
+    h = hashlib.sha256((videos * 255).round().to(torch.uint8).numpy().tobytes())
+    if control is not None:
+        h.update((control[0] * 255).round().to(torch.uint8).numpy().tobytes())
+        h.update(np.asarray(control[1], dtype=np.float64).tobytes())
+    digest = h.hexdigest()[:16]
     summ_path = folder / "summary.json"
     if summ_path.is_file():
         old = json.loads(summ_path.read_text())
@@ -257,6 +306,17 @@ def evaluate_folder(folder: Path, videos, names, texts, requested, reference, ev
     per_video, summary = evaluate_videos(videos, texts, requested_motion=requested, reference_videos=reference,
                                          evaluators=ev, names=names, device=cfg.device, progress=cfg.progress,
                                          n_boot=p.eval.bootstrap)
+    if control is not None and requested is not None:
+        from .metrics.agreement import motion_control
+        from .metrics.motion import motion_score
+        c_videos, c_requested = control
+        k = c_videos.shape[0]
+        measured = motion_score(c_videos, device=cfg.device, batch_size=56)
+        summary["metrics"]["motion_control"] = motion_control(
+            per_video["motion"].to_numpy()[:k], measured.numpy(), requested[:k], c_requested,
+            level=p.eval.ci, n_boot=p.eval.bootstrap)
+        per_video["control_requested"] = np.concatenate([c_requested, np.full(len(names) - k, np.nan)])
+        per_video["control_motion"] = np.concatenate([measured.numpy(), np.full(len(names) - k, np.nan)])
     folder.mkdir(parents=True, exist_ok=True)
     from .utils import atomic_write_text
     atomic_write_text(folder / "per_video.csv", per_video.to_csv(index=False))

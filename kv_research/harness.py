@@ -145,13 +145,17 @@ def generate_prompt_set(pipe, prompts: pd.DataFrame, out_dir: str | Path, *, fra
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     samples = sample_names(prompts, samples_per_prompt)
     mine = [s for i, s in enumerate(samples) if i % dist.world == dist.rank]
-    todo = [s for s in mine if not (out_dir / "videos" / f"{s[0]}.npz").is_file()]
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"generate {out_dir.name}", unit="video",
-               disable=not progress)
+    done = lambda s: (out_dir / "videos" / f"{s[0]}.npz").is_file()   # noqa: E731
+    # fixed batches (positions in this rank's list): a batch with anything missing is generated whole, so a
+    # resumed run computes every video in the same company as an uninterrupted one (CPU kernels may round
+    # differently at another batch size) and gets the very same pixels
+    chunks = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    todo = [c for c in chunks if not all(done(s) for s in c)]
+    bar = tqdm(total=len(mine), initial=len(mine) - sum(len(c) for c in todo), desc=f"generate {out_dir.name}",
+               unit="video", disable=not progress)
     dev = pipe.device
     ctx = torch.autocast(dev.type, dtype=autocast_dtype) if autocast_dtype else _null()
-    for i in range(0, len(todo), batch_size):
-        chunk = todo[i:i + batch_size]
+    for chunk in todo:
         names, texts, ks, motion = zip(*chunk)
         seeds = [sample_seed(p, k, base_seed) for p, k in zip(texts, ks)]
         with ctx:
@@ -162,8 +166,9 @@ def generate_prompt_set(pipe, prompts: pd.DataFrame, out_dir: str | Path, *, fra
             mot = None if motion[0] is None else list(motion)
             vids = pipe.generate(list(texts), seeds, mot, frames=frames, size=size, first_frames01=first,
                                  steps=steps)
-        for n, v in zip(names, vids.float()):
-            save_sample(out_dir, n, v, preview)
+        for s, v in zip(chunk, vids.float()):
+            if not done(s):
+                save_sample(out_dir, s[0], v, preview)
         bar.update(len(chunk))
     bar.close()
     dist.barrier()
@@ -172,15 +177,19 @@ def generate_prompt_set(pipe, prompts: pd.DataFrame, out_dir: str | Path, *, fra
 
 def first_frames(image_pipe, names: list[str], prompts: list[str], seeds: list[int], folder: Path, size: int,
                  steps: int | None) -> torch.Tensor:
-    """First frames (B, 3, H, W) in [0, 1] from the text-to-image mode, cached as float32 npz per sample."""
+    """First frames (B, 3, H, W) in [0, 1] from the text-to-image mode, cached as float32 npz per sample.
+
+    If any is missing the whole batch is generated (and only the missing ones written), for the reason given in
+    ``generate_prompt_set``: the same company, the same pixels.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{n}.npz" for n in names]
     missing = [i for i, p in enumerate(paths) if not p.is_file()]
     if missing:
-        gens = [torch.Generator().manual_seed(int(seeds[i]) ^ 0x5EED) for i in missing]
-        imgs = image_pipe.generate_images([prompts[i] for i in missing], gens, size, steps)
-        for i, im in zip(missing, imgs.float().cpu()):
-            atomic_save_npz(paths[i], frame=((im + 1) / 2).clamp(0, 1).numpy())
+        gens = [torch.Generator().manual_seed(int(s) ^ 0x5EED) for s in seeds]
+        imgs = image_pipe.generate_images(list(prompts), gens, size, steps)
+        for i in missing:
+            atomic_save_npz(paths[i], frame=((imgs[i].float().cpu() + 1) / 2).clamp(0, 1).numpy())
     out = []
     for p in paths:
         with np.load(p) as z:

@@ -23,7 +23,12 @@ METRICS = {
     "motion Spearman": (("metrics", "motion", "agreement", "spearman"), "higher"),
     "motion binary acc": (("metrics", "motion", "agreement", "binary_accuracy"), "higher"),
     "motion (measured)": (("metrics", "motion"), "closer to requested"),
+    "motion control": (("metrics", "motion_control"), "higher"),
+    "motion gain": (("metrics", "motion_control", "gain"), "higher"),
 }
+
+# dotted lines drawn on the metric bars: (value, label)
+REFERENCE_LINES = {"motion control": (0.5, "condition ignored"), "motion gain": (1.0, "follows exactly")}
 
 
 def _get(summary: dict, path: tuple):
@@ -100,7 +105,11 @@ def write_tables(table: pd.DataFrame, out: str | Path, protocol: dict, stem: str
     md = [f"# Temporal block ablation ({stem})", "", *protocol_lines(protocol), "",
           disp.to_markdown(index=False), "",
           "Untrained = random-init Conv1dAttn1dBlocks, never trained. Real clips = the benchmark's own test clips "
-          "(the best a model can score with these evaluators and this N).", "",
+          "(the best a model can score with these evaluators and this N).",
+          "motion control = fraction of prompts whose measured motion moved in the requested direction when the "
+          "same prompt, seed and first frame were generated again with the requested score at the other end of the "
+          "training range (0.5 = the condition is ignored; ties count 1/2); motion gain = mean measured change per "
+          "unit of requested change (1 = follows exactly).", "",
           f"## Published numbers (not ours): {PAPER_SOURCE}", "", paper.to_markdown(index=False), ""]
     atomic_write_text(out / f"{stem}.md", "\n".join(md))
     tex = disp.to_latex(index=False, escape=True, caption=" ".join(protocol_lines(protocol)), label=f"tab:{stem}")
@@ -119,8 +128,12 @@ def write_figures(table: pd.DataFrame, out: str | Path, row_dirs: dict[str, Path
     from .harness import load_samples
     out = Path(out)
     cols = [c for c in METRICS if c in table]
-    fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols), 3.6), squeeze=False)
-    for ax, col in zip(axes[0], cols):
+    ncols = min(5, len(cols))
+    nrows = -(-len(cols) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(cols):]:
+        ax.axis("off")
+    for ax, col in zip(axes.flat, cols):
         vals = table[col].astype(float).to_numpy()
         lo = table.get(f"{col} ci_low", pd.Series([np.nan] * len(vals))).astype(float).to_numpy()
         hi = table.get(f"{col} ci_high", pd.Series([np.nan] * len(vals))).astype(float).to_numpy()
@@ -130,6 +143,9 @@ def write_figures(table: pd.DataFrame, out: str | Path, row_dirs: dict[str, Path
                       for v in table["variant"]])
         ax.set_xticks(range(len(vals)), table["variant"], rotation=70, fontsize=7)
         ax.set_title(f"{col} ({METRICS[col][1]} is better)", fontsize=9)
+        if col in REFERENCE_LINES:
+            ax.axhline(REFERENCE_LINES[col][0], color="k", ls=":", lw=0.8, label=REFERENCE_LINES[col][1])
+            ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)

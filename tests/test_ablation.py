@@ -63,6 +63,17 @@ def test_smoke_preset_writes_the_table(smoke_run):
     # the real clips are the best row on FVD-syn; the untrained model is not
     real = table.set_index("variant").loc["Real clips"]
     assert real["FVD-syn"] < table.set_index("variant").loc["Untrained"]["FVD-syn"]
+    # paired motion control: the Spatial control has no motion-score input, so its two videos per prompt are
+    # identical and it scores exactly chance (0.5, gain 0); every inflated variant is measured; no control pairs
+    # exist for the untrained model or the real clips
+    rows = table.set_index("variant")
+    assert rows.loc["Spatial", "motion control"] == 0.5 and rows.loc["Spatial", "motion gain"] == 0.0
+    assert rows.loc[list(DEFAULT_STUDY), "motion control"].notna().all()
+    assert rows.loc[["Untrained", "Real clips"], "motion control"].isna().all()
+    ctl = sorted((smoke_run / "variants" / "Conv1dAttn1dBlocks" / "motion_control" / "videos").glob("*.npz"))
+    assert len(ctl) == 6 and ctl[0].name == "test-00000_00.npz"
+    per_video = pd.read_csv(smoke_run / "variants" / "Conv1dAttn1dBlocks" / "per_video.csv")
+    assert per_video["control_motion"].notna().sum() == 6
 
 
 def test_notebook_executes_on_smoke_outputs(smoke_run):
@@ -81,7 +92,8 @@ def test_notebook_executes_on_smoke_outputs(smoke_run):
 
 
 def _videos(folder):
-    return {p.name: np.load(p)["video"] for p in sorted(Path(folder).glob("variants/*/videos/*.npz"))}
+    folder = Path(folder)   # the main videos and the motion-control ones (variants/<v>/motion_control/videos)
+    return {str(p.relative_to(folder)): np.load(p)["video"] for p in sorted(folder.glob("variants/**/videos/*.npz"))}
 
 
 def test_killed_runs_resume_to_the_same_table(small_run, tmp_path):
@@ -102,10 +114,17 @@ def test_killed_runs_resume_to_the_same_table(small_run, tmp_path):
     assert kills >= 1
     a = pd.read_csv(small_run / "ablate_blocks.csv").set_index("variant")
     b = pd.read_csv(out / "ablate_blocks.csv").set_index("variant")
-    cols = [c for c in a.columns if c.split(" ci_")[0] in METRIC_COLS + ["motion binary acc", "motion (measured)"]]
+    cols = [c for c in a.columns if c.split(" ci_")[0] in METRIC_COLS + ["motion binary acc", "motion (measured)",
+                                                                      "motion control", "motion gain"]]
     pd.testing.assert_frame_equal(a[cols], b[cols])
     va, vb = _videos(small_run), _videos(out)
     assert va.keys() == vb.keys() and all(np.array_equal(va[k], vb[k]) for k in va)
+    # stage times add up over invocations; a finishing invocation that skipped finished work does not erase them
+    first = json.loads((small_run / "run.json").read_text())["timings_s"]
+    run_cli(["--preset", "smoke", "--out", str(small_run), *SMALL])
+    again = json.loads((small_run / "run.json").read_text())
+    assert len(again["invocations_s"]) == 2 and again["timings_s"]["image pretraining"] >= first["image pretraining"]
+    assert again["timings_s"]["total (all invocations)"] == pytest.approx(sum(again["invocations_s"]))
 
 
 def test_batch_size_does_not_change_videos(tmp_path):
@@ -142,6 +161,9 @@ def test_bad_input_fails_before_any_work(small_run, tmp_path):
     # the folder of another run (different seed) is refused, and nothing in it changes
     p = run_cli(["--preset", "smoke", "--out", str(small_run), *SMALL, "--seed", "7"], check=False)
     assert p.returncode == 2 and "holds a different run" in p.stderr
+    p = run_cli(["--preset", "smoke", "--out", str(tmp_path / "q"), "--set", "eval.motion_control_quantiles=[0.9, 0.1]"],
+                check=False)
+    assert p.returncode == 2 and "motion_control_quantiles" in p.stderr and not (tmp_path / "q").exists()
     # a checkpoint of another variant in a variant's folder is refused before training
     ck = small_run / "variants" / "Spatial" / "checkpoints" / "last.json"
     meta = json.loads(ck.read_text())

@@ -160,6 +160,24 @@ def test_motion_agreement_statistics():
         motion_agreement([1, 2, 3], [1, 2])
 
 
+def test_motion_control_paired_statistics():
+    from kv_research.metrics.agreement import motion_control
+    rng = np.random.default_rng(0)
+    req_a, req_b = np.full(20, 0.5), np.where(np.arange(20) % 2 == 0, 3.0, 0.1)   # up for even, down for odd
+    own = rng.uniform(1, 2, 20)
+    follows = own + 0.8 * (req_b - req_a)                                 # moves by 80 % of the requested change
+    ignores = own.copy()                                                  # the condition does nothing (ties)
+    opposite = own - 0.5 * (req_b - req_a)
+    f, i, o = (motion_control(own, m, req_a, req_b, n_boot=200) for m in (follows, ignores, opposite))
+    assert f["value"] == 1.0 and f["gain"]["value"] == pytest.approx(0.8)
+    assert i["value"] == 0.5 and i["gain"]["value"] == 0.0 and i["ci_low"] == i["ci_high"] == 0.5
+    assert o["value"] == 0.0 and o["gain"]["value"] == pytest.approx(-0.5)
+    half = motion_control(own, np.where(np.arange(20) < 10, follows, opposite), req_a, req_b, n_boot=200)
+    assert half["value"] == 0.5 and half["ci_low"] < 0.5 < half["ci_high"] and half["n"] == 20
+    with pytest.raises(ValueError, match="at least 2 pairs"):
+        motion_control(own, follows, req_a, req_a)                        # no pair with a different request
+
+
 def test_motion_through_the_harness():
     """RAFT-measured motion (the one motion_score) as a per-video column, with agreement against the request."""
     from kv_research.data.synthetic import prompt_motion_score

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 import kv_research.metrics.motion as M
-from kv_research.data.synthetic import RENDER_VERSION, SyntheticConfig, make_clip, render_clip
+from kv_research.data.synthetic import RENDER_VERSION, SyntheticConfig, clip_id, make_clip, render_clip
 from kv_research.data.video import read_video
 from kv_research.weights import KNOWN, MissingWeightsError
 
@@ -171,3 +171,22 @@ def test_motion_label_cache(raft, tmp_path, monkeypatch):
     assert other.dir != cache.dir and other.get(rec["clip_id"]) is None
     # a different model (weights) gets its own namespace too
     assert M.MotionLabelCache(tmp_path, raft=torch.nn.Linear(2, 2)).dir != cache.dir
+
+
+def test_interrupted_labelling_resumes_to_identical_labels(raft, tmp_path):
+    """A label lost to a crash is recomputed in its original group, so it equals the uninterrupted value exactly."""
+    cfg = SyntheticConfig(frames=3, n_train=5)
+    kw = dict(cfg=M.MotionConfig(num_flow_updates=2), raft=raft, flush_every=4)
+    full = M.MotionLabelCache(tmp_path / "a", **kw).label_synthetic(cfg, progress=False)
+    cache = M.MotionLabelCache(tmp_path / "b", **kw)
+    cache.label_synthetic(cfg, progress=False)
+    ids = [clip_id(i, cfg, "train") for i in range(5)]
+    for i in (1, 4):                                  # lose one label inside the first group, one in the last
+        cache._file(ids[i]).unlink()
+    calls = []
+    real = M.motion_score
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(M, "motion_score", lambda v, *a, **k: calls.append(v.shape[0]) or real(v, *a, **k))
+        resumed = cache.label_synthetic(cfg, progress=False)
+    assert calls == [4, 1]                            # whole groups: clips 0-3 together, then clip 4
+    np.testing.assert_array_equal(resumed, full)

@@ -8,6 +8,10 @@ same units. What is reported, and why:
   rely on even when the scale is off (SVD's motion buckets were never mapped to pixels either).
 * Per-level means with bootstrap intervals and a monotonicity check: does "fast" move more than "slow",
   level by level?
+* Paired control (``motion_control``): the same prompt, seed and first frame generated at two requested scores.
+  Over a prompt set, Spearman mixes "does the condition do anything" with "are the videos coherent enough for
+  RAFT to see it" (flicker reads as motion and swamps small differences). A paired test isolates the first: the
+  fraction of prompts whose measured motion moves in the requested direction (0.5 = the condition is ignored).
 * Mean absolute error: the scale matters too when the units are the same.
 * EvalCrafter-style binary accuracy: ``(measured > tau) == (requested > tau)``. EvalCrafter uses tau = 5 px of
   mean flow at native resolution; here tau defaults to the midpoint between the lowest and highest requested
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["motion_agreement"]
+__all__ = ["motion_agreement", "motion_control"]
 
 
 def motion_agreement(measured, requested, *, threshold: float | None = None, level: float = 0.95,
@@ -79,3 +83,34 @@ def motion_agreement(measured, requested, *, threshold: float | None = None, lev
     out["binary_accuracy"] = {"value": float(correct.mean()), "ci_low": lo, "ci_high": hi, "threshold": tau,
                               "threshold_rule": "given" if threshold is not None else "midpoint of requested levels"}
     return out
+
+
+def motion_control(measured_a, measured_b, requested_a, requested_b, *, level: float = 0.95, n_boot: int = 1000,
+                   seed: int = 0) -> dict:
+    """Paired response to the motion-score condition: videos a and b share prompt, seed and first frame.
+
+    ``value`` (with a bootstrap interval over prompts): fraction of pairs whose measured motion moved in the
+    direction of the requested change, ties counted 1/2, so a model that ignores the condition scores exactly
+    0.5. ``gain``: mean of (measured_b - measured_a) / (requested_b - requested_a); 1 = the measured score moves
+    by the requested amount, 0 = no response. Pairs with equal requests are dropped.
+    """
+    from .bootstrap import bootstrap_ci
+
+    ma, mb, ra, rb = (np.asarray(x, dtype=np.float64).reshape(-1) for x in (measured_a, measured_b, requested_a,
+                                                                          requested_b))
+    if not (ma.size == mb.size == ra.size == rb.size):
+        raise ValueError(f"motion_control needs equal lengths, got {ma.size}, {mb.size}, {ra.size}, {rb.size}")
+    keep = np.isfinite(ma) & np.isfinite(mb) & np.isfinite(ra) & np.isfinite(rb) & (ra != rb)
+    ma, mb, ra, rb = ma[keep], mb[keep], ra[keep], rb[keep]
+    if ma.size < 2:
+        raise ValueError(f"motion_control needs at least 2 pairs with different requests, got {ma.size}")
+    dm, dr = mb - ma, rb - ra
+    hit = np.where(dm == 0, 0.5, (np.sign(dm) == np.sign(dr)).astype(np.float64))
+    gain = dm / dr
+    lo, hi = bootstrap_ci(hit, np.mean, n_boot=n_boot, level=level, seed=seed)
+    glo, ghi = bootstrap_ci(gain, np.mean, n_boot=n_boot, level=level, seed=seed)
+    return {"value": float(hit.mean()), "ci_low": lo, "ci_high": hi, "n": int(hit.size),
+            "gain": {"value": float(gain.mean()), "ci_low": glo, "ci_high": ghi},
+            "mean_requested_change": float(np.abs(dr).mean()),
+            "definition": "fraction of prompts (same seed and first frame) whose measured motion moved in the "
+                          "requested direction; ties 1/2"}

@@ -6,8 +6,11 @@
   subsets of the *same N* as the generated set. FVD is biased by N, so its spread over reference subsets at
   equal N is the honest "how much would this number move with other real videos".
 
-Resampling with replacement duplicates videos, which lowers the covariance rank; bootstrap FVDs are therefore
-slightly above the point estimate. The interval is still the right tool for comparing two models at equal N.
+Resampling with replacement duplicates videos, which lowers the covariance rank: bootstrap FVDs sit above the
+point estimate, at N = 32 often so far that the whole percentile interval excludes it (84.6 [86.6, 108.4] in an
+early quick table). ``bootstrap_fvd`` therefore reports the percentile interval shifted by the bootstrap bias
+(mean of the bootstrap FVDs minus the point estimate), which keeps its width and centres it on the estimate;
+the raw percentile interval and the bias are kept beside it.
 """
 from __future__ import annotations
 
@@ -60,7 +63,11 @@ class _FixedReference:
 
 def bootstrap_fvd(gen_feats, ref_feats, *, n_boot: int = 200, level: float = 0.95, seed: int = 0, ddof: int = 0,
                   resample_reference: bool = False) -> dict:
-    """Percentile interval of FVD from resampling generated videos (and optionally reference videos)."""
+    """Bias-corrected percentile interval of FVD from resampling generated videos (and optionally reference ones).
+
+    ``ci_low``/``ci_high`` = raw percentile bounds minus ``bias`` (mean bootstrap FVD - FVD of the full sets);
+    ``ci_low_raw``/``ci_high_raw`` are the uncorrected bounds.
+    """
     g = np.asarray(gen_feats, dtype=np.float64)
     r = np.asarray(ref_feats, dtype=np.float64)
     if g.shape[0] < 2 or r.shape[0] < 2:
@@ -75,9 +82,13 @@ def bootstrap_fvd(gen_feats, ref_feats, *, n_boot: int = 200, level: float = 0.9
         else:
             values.append(_FixedReference(r[rng.integers(0, r.shape[0], r.shape[0])], ddof).fd(gi))
     values = np.array(values)
+    point = (fixed or _FixedReference(r, ddof)).fd(g)
+    bias = float(values.mean() - point)
     a = (1.0 - level) / 2.0
     lo, hi = np.quantile(values, [a, 1.0 - a])
-    return {"ci_low": float(lo), "ci_high": float(hi), "level": level, "n_boot": n_boot, "std": float(values.std()),
+    return {"ci_low": float(lo) - bias, "ci_high": float(hi) - bias, "ci_low_raw": float(lo),
+            "ci_high_raw": float(hi), "bias": bias, "point": point, "level": level, "n_boot": n_boot,
+            "std": float(values.std()),
             "resampled": "generated+reference" if resample_reference else "generated"}
 
 
