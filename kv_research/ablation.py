@@ -221,6 +221,8 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
     requested = None if requested[0] is None else np.asarray(requested, dtype=np.float64)
     with stage("evaluators"):
         ev = load_or_train_evaluators(data_cfg, p.eval.evaluator_preset, progress=cfg.progress, device=cfg.device)
+    from .metrics.motion import load_raft
+    raft = load_raft(device=cfg.device)    # one RAFT for every row's motion columns and motion-control pairs
     extra = range(len(clips), cfg.n_reference)   # the train clips already rendered, then more of the split
     reference = torch.cat([clips[:cfg.n_reference]] + ([torch.stack([make_clip(i, data_cfg, "train").video
                                                                       for i in extra])] if len(extra) else []))
@@ -239,7 +241,7 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
                 control = (load_samples(folder / CONTROL, cnames),
                            np.repeat(control_prompts.motion.to_numpy(np.float64), cfg.samples_per_prompt))
             summaries[name] = evaluate_folder(folder, videos, names, texts, requested, reference, ev, p, cfg,
-                                              control)
+                                              control, raft)
 
     # 5. table, figures, run.json -------------------------------------------------------------------------
     from .tables import build_table, write_figures, write_tables
@@ -286,7 +288,8 @@ def motion_control_prompts(prompts: pd.DataFrame, labels, ecfg) -> pd.DataFrame 
     return ctl
 
 
-def evaluate_folder(folder: Path, videos, names, texts, requested, reference, ev, p, cfg, control=None) -> dict:
+def evaluate_folder(folder: Path, videos, names, texts, requested, reference, ev, p, cfg, control=None,
+                    raft=None) -> dict:
     """Evaluate one row's videos (cached in ``folder/summary.json`` keyed by the videos' content hash).
 
     ``control``: (videos, requested) of the paired motion-control set, aligned with the first videos of the row.
@@ -304,14 +307,15 @@ def evaluate_folder(folder: Path, videos, names, texts, requested, reference, ev
         if old.get("videos_sha256") == digest:
             return old
     per_video, summary = evaluate_videos(videos, texts, requested_motion=requested, reference_videos=reference,
-                                         evaluators=ev, names=names, device=cfg.device, progress=cfg.progress,
+                                         evaluators=ev, names=names, raft=raft, device=cfg.device,
+                                         progress=cfg.progress,
                                          n_boot=p.eval.bootstrap)
     if control is not None and requested is not None:
         from .metrics.agreement import motion_control
         from .metrics.motion import motion_score
         c_videos, c_requested = control
         k = c_videos.shape[0]
-        measured = motion_score(c_videos, device=cfg.device, batch_size=56)
+        measured = motion_score(c_videos, raft, device=cfg.device)
         summary["metrics"]["motion_control"] = motion_control(
             per_video["motion"].to_numpy()[:k], measured.numpy(), requested[:k], c_requested,
             level=p.eval.ci, n_boot=p.eval.bootstrap)

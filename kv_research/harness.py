@@ -145,7 +145,10 @@ def generate_prompt_set(pipe, prompts: pd.DataFrame, out_dir: str | Path, *, fra
     (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     samples = sample_names(prompts, samples_per_prompt)
     mine = [s for i, s in enumerate(samples) if i % dist.world == dist.rank]
-    done = lambda s: (out_dir / "videos" / f"{s[0]}.npz").is_file()   # noqa: E731
+
+    def done(sample) -> bool:
+        return (out_dir / "videos" / f"{sample[0]}.npz").is_file()
+
     # fixed batches (positions in this rank's list): a batch with anything missing is generated whole, so a
     # resumed run computes every video in the same company as an uninterrupted one (CPU kernels may round
     # differently at another batch size) and gets the very same pixels
