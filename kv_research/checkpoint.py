@@ -16,8 +16,13 @@ from .config import DiffusionConfig, TextConfig, UNetConfig, config_from_dict
 from .utils import atomic_write_json, to_jsonable
 
 
-class CheckpointMismatchError(ValueError):
-    pass
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: unreadable, truncated, of another model, or not matching the config.
+    The message always names the file."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A suite checkpoint of another variant or config than the model it is loaded into."""
 
 
 def describe(pipe) -> dict:

@@ -23,26 +23,104 @@ class TextConfig:
 
 @dataclass
 class UNetConfig:
-    in_channels: int = 3               # channels of x (3 = pixels, 4 = MoVQ latents)
-    out_channels: int = 3
-    model_channels: int = 32
-    channel_mult: tuple = (1, 2, 2)
-    num_res_blocks: int = 1            # spatial ResNet blocks per level on the way down
-    attention_levels: tuple = (1, 2)   # levels with self- and cross-attention (and temporal attention)
-    head_dim: int = 16
-    groups: int = 8                    # GroupNorm groups
-    text_dim: int = 64                 # width of the text tokens the UNet attends to
-    time_embed_dim: int = 128
+    """Kandinsky 3.0's UNet at any size, in diffusers' ``Kandinsky3UNet`` argument names, plus the video options.
+
+    Fixed by the architecture (as in diffusers): 4 levels are the published model, but any number >= 1 builds;
+    no mid block; ResNet blocks 1-3-3-1 with hidden width max(in, out) / 2; feed-forward expansion 4;
+    self- and cross-attention at every level but the first (``add_attention``, diffusers' hard-coded tuple, whose
+    up-path use is the reversed tuple's first N entries: diffusers' quirk, copied so that 2-level test configs match).
+    """
+    in_channels: int = 4               # channels of x (3 = pixels, 4 = MoVQ latents)
+    out_channels: int = 0              # 0 = in_channels (diffusers: always equal)
+    block_out_channels: tuple = (384, 768, 1536, 3072)
+    layers_per_block: int = 3
+    groups: int = 32                   # GroupNorm groups (must divide every normalised width)
+    attention_head_dim: int = 64
+    time_embedding_dim: int = 1536
+    cross_attention_dim: int = 4096    # width of the projected text tokens
+    encoder_hid_dim: int = 4096        # width of the raw text tokens (T5 d_model); the projection is in the UNet
+    add_attention: tuple = (False, True, True, True)
+    # whose code the checkpoint follows: sinusoid rounding, and whether padded tokens are zeroed after the text
+    # projection ("kandinsky_video") or before it, by the pipeline ("diffusers"); see models/unet.py
+    convention: str = "diffusers"
     variant: str = "Spatial"           # set by inflate()
     first_frame_cond: bool = True      # Kandinsky Video 1.1: first-frame latent + mask concatenated on channels
+    noise_augmentation: bool = True    # KV 1.1: the first frame's noise level embedded into the temporal condition
+    motion_conditioning: bool = True   # KV 1.1: the motion score embedded into the temporal condition
     checkpointing: bool = False        # gradient checkpointing per block (use_reentrant=False)
 
     def __post_init__(self):
-        self.channel_mult = tuple(self.channel_mult)
-        self.attention_levels = tuple(self.attention_levels)
-        bad = [lv for lv in self.attention_levels if not 0 <= lv < len(self.channel_mult)]
+        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
+        self.add_attention = tuple(bool(a) for a in self.add_attention)
+        if not self.out_channels:
+            self.out_channels = self.in_channels
+        problems = []
+        if not self.block_out_channels or min(self.block_out_channels) < 2:
+            problems.append(f"block_out_channels must be >= 2 each, got {self.block_out_channels}")
+        if len(self.add_attention) < len(self.block_out_channels):
+            problems.append(f"add_attention needs one flag per level ({len(self.block_out_channels)}), "
+                            f"got {self.add_attention}")
+        for name in ("in_channels", "layers_per_block", "groups", "attention_head_dim", "time_embedding_dim",
+                     "cross_attention_dim", "encoder_hid_dim"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.convention not in ("diffusers", "kandinsky_video"):
+            problems.append(f"convention must be 'diffusers' or 'kandinsky_video', got {self.convention!r}")
+        if self.layers_per_block < 2:
+            problems.append(f"layers_per_block must be >= 2 (Kandinsky 3.0's up blocks change width in their last "
+                            f"ResNet), got {self.layers_per_block}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        bad = sorted({c for c in self.normalised_widths() if c % self.groups})
         if bad:
-            raise ValueError(f"attention_levels {bad} outside 0..{len(self.channel_mult) - 1}")
+            raise ValueError(f"groups={self.groups} does not divide the normalised widths {bad} of "
+                             f"block_out_channels={self.block_out_channels}; choose groups that divide them")
+        attn = sorted({c for c in self.attention_widths() + [self.time_embedding_dim] if c % self.attention_head_dim})
+        if attn:
+            raise ValueError(f"attention_head_dim={self.attention_head_dim} does not divide the attention widths "
+                             f"{attn} (block widths with attention, time_embedding_dim)")
+        if self.init_channels < 2 or self.init_channels % self.groups:
+            raise ValueError(f"init channels block_out_channels[0] // 2 = {self.init_channels} must be a multiple of "
+                             f"groups={self.groups}")
+
+    @property
+    def text_dim(self) -> int:
+        """Width of the (raw) text tokens the UNet takes."""
+        return self.encoder_hid_dim
+
+    @property
+    def init_channels(self) -> int:
+        return self.block_out_channels[0] // 2
+
+    def down_attention(self) -> tuple:
+        return self.add_attention[: len(self.block_out_channels)]
+
+    def up_attention(self) -> tuple:
+        return tuple(reversed(self.add_attention))[: len(self.block_out_channels)]
+
+    def normalised_widths(self) -> list[int]:
+        """Every width that a GroupNorm sees in the spatial model (ResNet ins, hidden, outs; attention widths)."""
+        dims = [self.init_channels, *self.block_out_channels]
+        ws = [self.init_channels]
+        cats = [c for c in self.block_out_channels[:-1]]
+        for cin, cout in zip(dims[:-1], dims[1:]):
+            ws += [cin, cout, max(cin, cout) // 2, cout // 2]
+        for lvl, (cout, cin) in enumerate(zip(reversed(dims[:-1]), reversed(dims[1:]))):
+            cat = cats[-lvl] if lvl else 0
+            ws += [cin + cat, (cin + cat) // 2, cin, cin // 2, cout, max(cin, cout) // 2]
+        return ws
+
+    def attention_widths(self) -> list[int]:
+        dims = [self.init_channels, *self.block_out_channels]
+        ws = []
+        for lvl, a in enumerate(self.down_attention()):
+            if a:
+                ws += [dims[lvl], dims[lvl + 1]]
+        cats = [0, *reversed(self.block_out_channels[:-1])]
+        for lvl, a in enumerate(self.up_attention()):
+            if a:
+                ws += [dims[len(dims) - 2 - lvl], dims[len(dims) - 1 - lvl], dims[len(dims) - 1 - lvl] + cats[lvl]]
+        return ws
 
 
 @dataclass
@@ -118,8 +196,8 @@ class Preset:
 def _presets() -> dict[str, Preset]:
     smoke = Preset(
         name="smoke",
-        unet=UNetConfig(model_channels=16, channel_mult=(1, 2), attention_levels=(1,), head_dim=8, groups=4,
-                        text_dim=32, time_embed_dim=64),
+        unet=UNetConfig(in_channels=3, block_out_channels=(16, 32, 32, 64), layers_per_block=2, groups=4,
+                        attention_head_dim=8, time_embedding_dim=64, cross_attention_dim=32, encoder_hid_dim=32),
         text=TextConfig(dim=32, layers=1, heads=2, max_len=24),
         diffusion=DiffusionConfig(sample_steps=8),
         train=TrainConfig(image_steps=80, video_steps=24, batch_size=8, video_batch_size=2, log_every=20,
@@ -129,7 +207,8 @@ def _presets() -> dict[str, Preset]:
         frames=4, size=16)
     quick = Preset(
         name="quick",
-        unet=UNetConfig(model_channels=16, channel_mult=(1, 2, 4)),
+        unet=UNetConfig(in_channels=3, block_out_channels=(32, 64, 64, 128), layers_per_block=2, groups=8,
+                        attention_head_dim=16, time_embedding_dim=128, cross_attention_dim=64, encoder_hid_dim=64),
         text=TextConfig(),
         diffusion=DiffusionConfig(sample_steps=8, guidance_text=3.0, guidance_image=1.0),
         # video: 250 steps of 2 clips, not 125 of 4: at equal cost, twice the updates of the zero-initialised
@@ -140,9 +219,7 @@ def _presets() -> dict[str, Preset]:
         frames=8, size=32)
     paper = Preset(
         name="paper",
-        unet=UNetConfig(in_channels=4, out_channels=4, model_channels=384, channel_mult=(1, 2, 4, 8),
-                        num_res_blocks=3, attention_levels=(1, 2, 3), head_dim=64, groups=32, text_dim=4096,
-                        time_embed_dim=1536),
+        unet=UNetConfig(),            # Kandinsky 3.0 exactly: diffusers' Kandinsky3UNet defaults
         text=TextConfig(dim=4096, layers=2, heads=32, max_len=128),
         diffusion=DiffusionConfig(prediction="eps", sampler="ddpm", sample_steps=50, guidance_text=5.0,
                                   guidance_image=3.0),

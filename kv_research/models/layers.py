@@ -1,7 +1,11 @@
-"""Building blocks shared by the spatial UNet and the temporal modules.
+"""Building blocks shared by the Kandinsky 3.0 UNet and the temporal modules.
 
-``zero_init`` lives here and only here: every module that must start as the identity (temporal outputs, AdaGN
-scale/shift) calls it, so "identity at initialisation" is one policy, not a habit repeated in many files.
+Names follow diffusers' ``Kandinsky3UNet`` (``context_mlp``, ``to_q``/``to_k``/``to_v``/``to_out.0``,
+``linear_1``/``linear_2``) so that its state dict loads key by key.
+
+``zero_init`` lives here and only here: every module that must start as the identity (temporal outputs, the
+conditional norms' scale/shift) calls it, so "identity at initialisation" is one policy, not a habit repeated in
+many files.
 """
 from __future__ import annotations
 
@@ -13,6 +17,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+# The two released codes compute the same sinusoid with different float32 rounding (up to 1.5e-5 at t = 321):
+# diffusers divides (-ln(1e4) * i) by (half - 1); the Kandinsky code multiplies i by -(ln(1e4) / (half - 1)).
+SINUSOID_STYLES = ("diffusers", "kandinsky_video")
+
 
 def zero_init(module: nn.Module) -> nn.Module:
     """Set every parameter of ``module`` to zero: a residual branch ending in it starts as the identity."""
@@ -21,51 +29,59 @@ def zero_init(module: nn.Module) -> nn.Module:
     return module
 
 
-def norm_groups(channels: int, groups: int) -> int:
-    """Largest divisor of ``channels`` not above ``groups`` (GroupNorm needs an exact split)."""
-    for g in range(min(groups, channels), 0, -1):
-        if channels % g == 0:
-            return g
-    return 1
+def sinusoid(x: torch.Tensor, dim: int, style: str = "diffusers") -> torch.Tensor:
+    """Kandinsky 3.0's sinusoid of a scalar per item: ``[sin, cos]`` at frequencies ``1e4 ** (-i / (half - 1))``.
 
-
-def sinusoidal_embedding(x: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Transformer-style sinusoid of a scalar per item, computed in float32 whatever the autocast dtype."""
+    Always float32 (whatever the autocast dtype); ``style`` picks the rounding of the checkpoint's own code.
+    """
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    if style == "diffusers":
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=x.device) / (half - 1))
+    elif style == "kandinsky_video":
+        freqs = torch.exp(torch.arange(half, device=x.device) * -(math.log(10000.0) / (half - 1)))
+    else:
+        raise ValueError(f"sinusoid style must be one of {SINUSOID_STYLES}, got {style!r}")
     args = x.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    return F.pad(emb, (0, dim % 2))
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
 
 
-class ScalarEmbedding(nn.Module):
-    """Sinusoid -> Linear -> SiLU -> Linear, as Kandinsky uses for time, frame position, motion and noise level."""
+class TimestepEmbedding(nn.Module):
+    """Sinusoid -> Linear -> SiLU -> Linear (diffusers' ``TimestepEmbedding`` keys: ``linear_1``, ``linear_2``).
 
-    def __init__(self, dim: int, out_dim: int):
-        super().__init__()
-        self.dim = dim
-        self.mlp = nn.Sequential(nn.Linear(dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(sinusoidal_embedding(x, self.dim).to(self.mlp[0].weight.dtype))
-
-
-class AdaGN(nn.Module):
-    """GroupNorm without affine, modulated by a condition: ``norm(x) * (1 + scale) + shift``.
-
-    The scale/shift projection is zero-initialised, so a fresh AdaGN is a plain GroupNorm and a new condition
-    (frame position, motion score, noise level) cannot change the output until training moves it.
+    Used for the diffusion time and, in video mode, for frame position, noise-augmentation level and motion score.
     """
 
-    def __init__(self, channels: int, cond_dim: int, groups: int):
+    def __init__(self, in_dim: int, out_dim: int, style: str = "diffusers"):
         super().__init__()
-        self.norm = nn.GroupNorm(norm_groups(channels, groups), channels, affine=False)
-        self.to_scale_shift = zero_init(nn.Linear(cond_dim, 2 * channels))
+        self.in_dim, self.style = in_dim, style
+        self.linear_1 = nn.Linear(in_dim, out_dim)
+        self.act = nn.SiLU()
+        self.linear_2 = nn.Linear(out_dim, out_dim)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        # x (n, c, h, w), cond (n, e)
-        scale, shift = self.to_scale_shift(F.silu(cond)).chunk(2, dim=1)
-        return self.norm(x) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = sinusoid(x.reshape(-1), self.in_dim, self.style).to(self.linear_1.weight.dtype)
+        return self.linear_2(self.act(self.linear_1(h)))
+
+
+class ConditionalGroupNorm(nn.Module):
+    """GroupNorm without affine, modulated by a condition: ``norm(x) * (1 + scale) + shift``.
+
+    ``context_mlp = [SiLU, Linear]`` as in Kandinsky 3.0; the Linear is zero-initialised, so a fresh norm is a plain
+    GroupNorm and a new condition cannot change the output until training moves it. ``forward`` takes the condition
+    *already passed through SiLU* (``Context`` computes it once per forward pass instead of once per norm).
+    """
+
+    def __init__(self, groups: int, channels: int, cond_dim: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels, affine=False)
+        self.context_mlp = nn.Sequential(nn.SiLU(), zero_init(nn.Linear(cond_dim, 2 * channels)))
+
+    def forward(self, x: torch.Tensor, cond_act: torch.Tensor) -> torch.Tensor:
+        # x (n, c, *spatial), cond_act (n, e) = silu(condition)
+        ss = self.context_mlp[1](cond_act)
+        ss = ss.reshape(ss.shape + (1,) * (x.ndim - 2))
+        scale, shift = ss.chunk(2, dim=1)
+        return self.norm(x) * (scale + 1.0) + shift
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
@@ -81,43 +97,56 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     outs = []
     for i in range(0, n, step):
-        m = None if mask is None else mask[i:i + step]
-        outs.append(F.scaled_dot_product_attention(q[i:i + step], k[i:i + step], v[i:i + step], attn_mask=m))
+        m = None if mask is None or mask.shape[0] == 1 else mask[i:i + step]
+        outs.append(F.scaled_dot_product_attention(q[i:i + step], k[i:i + step], v[i:i + step],
+                                                   attn_mask=mask if m is None else m))
     return torch.cat(outs)
 
 
-class MultiHeadAttention(nn.Module):
-    """Plain multi-head attention on token sequences ``(n, l, c)``; keys may come from a context (cross-attention)."""
+class Attention(nn.Module):
+    """Multi-head attention without biases (diffusers' ``Attention`` as Kandinsky 3.0 builds it).
 
-    def __init__(self, dim: int, head_dim: int, context_dim: int | None = None, zero_out: bool = False):
+    ``heads = out_dim // head_dim``; keys and values come from ``context`` (cross-attention) or from ``x``.
+    ``mask_add`` is additive, ``(n, 1, 1, s)``: 0 for real tokens, -10000 for padding, so a row whose every token
+    is masked stays finite (diffusers' convention; a boolean SDPA mask would give NaN there).
+    """
+
+    def __init__(self, query_dim: int, context_dim: int, head_dim: int, out_dim: int):
         super().__init__()
-        self.heads = max(1, dim // head_dim)
-        context_dim = context_dim or dim
-        self.to_q = nn.Linear(dim, dim, bias=False)
-        self.to_kv = nn.Linear(context_dim, 2 * dim, bias=False)
-        self.to_out = nn.Linear(dim, dim)
-        if zero_out:
-            zero_init(self.to_out)
+        if out_dim % head_dim:
+            raise ValueError(f"attention width {out_dim} is not a multiple of the head dim {head_dim}")
+        self.heads = out_dim // head_dim
+        self.to_q = nn.Linear(query_dim, out_dim, bias=False)
+        self.to_k = nn.Linear(context_dim, out_dim, bias=False)
+        self.to_v = nn.Linear(context_dim, out_dim, bias=False)
+        self.to_out = nn.ModuleList([nn.Linear(out_dim, out_dim, bias=False)])
         self.max_batch = 65535
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask_add: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
-        q = rearrange(self.to_q(x), "n l (h d) -> n h l d", h=self.heads)  # (n, l, c) -> (n, heads, l, d)
-        k, v = rearrange(self.to_kv(context), "n s (two h d) -> two n h s d", two=2, h=self.heads)
-        mask = None if context_mask is None else context_mask[:, None, None, :]  # (n, s) -> (n, 1, 1, s)
-        out = attention(q, k, v, mask, self.max_batch)
-        return self.to_out(rearrange(out, "n h l d -> n l (h d)"))  # (n, heads, l, d) -> (n, l, c)
+        q = rearrange(self.to_q(x), "n l (h d) -> n h l d", h=self.heads)        # (n, l, c) -> (n, heads, l, d)
+        k = rearrange(self.to_k(context), "n s (h d) -> n h s d", h=self.heads)
+        v = rearrange(self.to_v(context), "n s (h d) -> n h s d", h=self.heads)
+        if mask_add is not None:
+            mask_add = mask_add.to(q.dtype)
+        out = attention(q, k, v, mask_add, self.max_batch)
+        return self.to_out[0](rearrange(out, "n h l d -> n l (h d)"))             # (n, heads, l, d) -> (n, l, c)
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(n, s) bool/0-1 -> (n, 1, 1, s) additive: ``(1 - mask) * -10000`` exactly as diffusers' Kandinsky3UNet."""
+    return ((1 - mask.to(dtype)) * -10000.0)[:, None, None, :]
 
 
 @dataclass
 class Context:
     """Everything a block needs besides its input; built once per forward pass by the UNet."""
-    emb: torch.Tensor                    # (b t, e) diffusion time + pooled text, per frame
-    text: torch.Tensor                   # (b t, l, d) text tokens, repeated per frame
-    text_mask: torch.Tensor              # (b t, l) bool, True = real token
+    emb: torch.Tensor                    # (b t, e) silu(diffusion time + pooled text), per frame
+    text: torch.Tensor | None            # (b, l, d) projected text tokens (once per clip, not per frame)
+    text_mask: torch.Tensor | None       # (b, 1, 1, l) additive mask
     frames: int                          # t
-    temb: torch.Tensor | None = None     # (b t, e) emb + temporal embedding (video mode only)
+    temb: torch.Tensor | None = None     # (b t, e) silu(time + pooled text + temporal embedding); video mode only
 
     @property
     def video(self) -> bool:

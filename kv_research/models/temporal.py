@@ -3,20 +3,23 @@
 Grammar: ``Conv{1d,3d}Attn{1d,3d}{Blocks,Layers}`` plus the control ``Spatial`` (no temporal modules).
 
 * Conv1d: temporal convolution with kernel 3x1x1 (mixes frames only, never pixels).
-* Conv3d: kernel 3x3x3 between linear (1x1) down/up projections of the channels; the hidden width is chosen so
-  the module's parameters match the Conv1d module's as closely as possible (the paper: "to maintain a comparable
-  number of parameters").
+* Conv3d: kernel 3x3x3 between linear (1x1) down/up projections of the channels, at the hidden width whose
+  parameter count matches the Conv1d module's (the paper: "to maintain a comparable number of parameters").
 * Attn1d: each position attends to itself across the T frames.
 * Attn3d: attention inside windows of 2x2xT positions (MaxViT-style block attention); the same weights as Attn1d,
   only the sequence length changes.
-* Blocks: whole new residual blocks after each spatial ResNet block (conv) and each spatial attention block
-  (attention). Layers: temporal sub-layers inside those blocks (after each spatial conv; between spatial
-  attention and feed-forward).
+* Blocks: whole new residual blocks beside the spatial ones, placed as the released Kandinsky Video 1.1 code places
+  them (``TemporalResNetBlock``: after each spatial ResNet on the way down, before it on the way up, at its input
+  width; ``TemporalAttentionBlock``: beside the self-attention, only at the self-attention levels).
+  ``Conv1dAttn1dBlocks`` *is* the released keyframe UNet's temporal part, so its checkpoint loads into it.
+* Layers: temporal sub-layers inside the spatial blocks: a temporal conv after each 3x3 projection of the Kandinsky
+  3.0 ResNet block, and temporal attention inside its self-attention block, between attention and feed-forward.
 
-Every temporal module reads and returns the UNet's folded layout ``(b t) c h w`` and is conditioned, through AdaGN,
-on ``ctx.temb`` = time embedding + temporal embedding (frame position + motion score + noise level), as in the
-Kandinsky Video 1.1 code. The residual branch of every module ends in a zero-initialised layer, so an inflated
-model equals its image model at initialisation.
+Every temporal module reads and returns the UNet's folded layout ``(b t) c h w`` and is conditioned, through a
+conditional GroupNorm, on ``ctx.temb`` = time embedding + temporal embedding (frame position + noise-augmentation
+level + motion score), as in the Kandinsky Video 1.1 code. The residual branch of every module ends in a
+zero-initialised layer, so an inflated model equals its image model at initialisation. (The release leaves its
+attention blocks' feed-forward random; we zero it for that identity; a loaded checkpoint overwrites it.)
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .layers import AdaGN, Context, attention, norm_groups, zero_init
+from .layers import Attention, ConditionalGroupNorm, Context, attention, zero_init
 
 CONV_KINDS = ("1d", "3d")
 ATTN_KINDS = ("1d", "3d")
@@ -83,193 +86,159 @@ def parse_variant(name: str) -> VariantSpec:
     return get_variant(name)
 
 
+def _fold_conv3d(conv: nn.Conv3d, x: torch.Tensor, frames: int) -> torch.Tensor:
+    h = rearrange(x, "(b t) c h w -> b c t h w", t=frames)
+    return rearrange(conv(h), "b c t h w -> (b t) c h w")
+
+
 # --------------------------------------------------------------------------------------------- convolutions
-KERNELS = {"1d": (3, 1, 1), "3d": (3, 3, 3)}
+class TemporalResNetBlock(nn.Module):
+    """Temporal Conv1D / Conv3D Block: a 1-3-3-1 bottleneck residual block, each step CGN -> SiLU -> Conv3d.
 
-
-class TemporalConv(nn.Module):
-    """Pre-norm + activation (the paper's "NA") then a Conv3d over ``b c t h w`` with kernel 3x1x1 or 3x3x3."""
-
-    def __init__(self, kind: str, channels: int, cond_dim: int, groups: int, zero_out: bool = False):
-        super().__init__()
-        if kind not in KERNELS:
-            raise ValueError(f"temporal conv kind must be '1d' or '3d', got {kind!r}")
-        k = KERNELS[kind]
-        self.norm = AdaGN(channels, cond_dim, groups)
-        self.conv = nn.Conv3d(channels, channels, k, padding=tuple(s // 2 for s in k))
-        if zero_out:
-            zero_init(self.conv)
-
-    def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
-        h = F.silu(self.norm(x, ctx.temb))
-        h = rearrange(h, "(b t) c h w -> b c t h w", t=ctx.frames)
-        h = self.conv(h)
-        return rearrange(h, "b c t h w -> (b t) c h w")
-
-
-class ProjectedTemporalConv(nn.Module):
-    """Linear Down -> Conv3d (3x3x3) [-> Conv3d] -> Linear Up: 3x3x3 kernels in a narrower channel space, so the
-    Conv3d module costs about what the Conv1d module costs. The up projection is zero-initialised."""
-
-    def __init__(self, channels: int, hidden: int, cond_dim: int, groups: int, depth: int):
-        super().__init__()
-        self.norm = AdaGN(channels, cond_dim, groups)
-        self.down = nn.Conv2d(channels, hidden, 1)
-        self.convs = nn.ModuleList([TemporalConv("3d", hidden, cond_dim, groups) for _ in range(depth)])
-        self.up = zero_init(nn.Conv2d(hidden, channels, 1))
-
-    def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
-        h = self.down(F.silu(self.norm(x, ctx.temb)))
-        for conv in self.convs:
-            h = conv(h, ctx)
-        return self.up(h)
-
-
-class TemporalConvBlock(nn.Module):
-    """Temporal Conv1D / Conv3D Block: a new residual block appended after a spatial ResNet block.
-
-    Conv1D: [Conv 3x1x1 (NA) -> Conv 3x1x1 (NA)] + skip.
-    Conv3D: [Linear Down (NA) -> Conv 3x3x3 (NA) -> Conv 3x3x3 (NA) -> Linear Up] + skip.
+    Conv1D (the released code exactly): ``C -> C/2 -> C/2 -> C/2 -> C`` with kernels 1, 3x1x1, 3x1x1, 1.
+    Conv3D: the two middle kernels are 3x3x3; the 1x1 convs are the paper's Linear Down / Up, and the hidden width
+    is the one (a multiple of the norm groups) whose parameter count is closest to the Conv1D block's.
+    Keys: ``temporal_resnet_blocks.k.{0: norm, 1: SiLU, 2: conv}`` as in the release.
     """
 
     def __init__(self, kind: str, channels: int, cond_dim: int, groups: int, hidden: int | None = None):
         super().__init__()
+        if kind not in CONV_KINDS:
+            raise ValueError(f"temporal conv kind must be '1d' or '3d', got {kind!r}")
+        if hidden is None:
+            hidden = channels // 2 if kind == "1d" else conv3d_hidden(channels, cond_dim, groups)
+        mid = (3, 1, 1) if kind == "1d" else (3, 3, 3)
+        kernels = [(1, 1, 1), mid, mid, (1, 1, 1)]
+        widths = [(channels, hidden), (hidden, hidden), (hidden, hidden), (hidden, channels)]
+        self.temporal_resnet_blocks = nn.ModuleList([
+            nn.ModuleList([ConditionalGroupNorm(groups, cin, cond_dim), nn.SiLU(),
+                           nn.Conv3d(cin, cout, k, padding=tuple(s // 2 for s in k))])
+            for (cin, cout), k in zip(widths, kernels)])
+        zero_init(self.temporal_resnet_blocks[-1][2])
+
+    def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        out = x
+        for norm, _, conv in self.temporal_resnet_blocks:
+            out = _fold_conv3d(conv, F.silu(norm(out, ctx.temb)), ctx.frames)
+        return x + out
+
+
+class TemporalConvLayer(nn.Module):
+    """Temporal Conv1D / Conv3D Layer: inside a spatial block, after a 3x3 projection; CGN -> SiLU -> conv + skip.
+
+    Conv1D: one 3x1x1 conv at the block's width. Conv3D: Linear Down -> 3x3x3 -> Linear Up at the hidden width that
+    matches the Conv1D layer's parameters. The last conv is zero-initialised.
+    """
+
+    def __init__(self, kind: str, channels: int, cond_dim: int, groups: int):
+        super().__init__()
+        self.temporal_norm = ConditionalGroupNorm(groups, channels, cond_dim)
         if kind == "1d":
-            self.branch = nn.ModuleList([TemporalConv("1d", channels, cond_dim, groups),
-                                         TemporalConv("1d", channels, cond_dim, groups, zero_out=True)])
+            self.temporal_convs = nn.ModuleList([zero_init(nn.Conv3d(channels, channels, (3, 1, 1),
+                                                                     padding=(1, 0, 0)))])
         elif kind == "3d":
-            hidden = hidden or conv3d_hidden(channels, cond_dim, groups)
-            self.branch = nn.ModuleList([ProjectedTemporalConv(channels, hidden, cond_dim, groups, depth=2)])
+            h = conv3d_layer_hidden(channels, cond_dim, groups)
+            self.temporal_convs = nn.ModuleList([nn.Conv3d(channels, h, 1), nn.Conv3d(h, h, 3, padding=1),
+                                                 zero_init(nn.Conv3d(h, channels, 1))])
         else:
             raise ValueError(f"temporal conv kind must be '1d' or '3d', got {kind!r}")
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
-        h = x
-        for op in self.branch:
-            h = op(h, ctx)
-        return x + h
-
-
-class TemporalConvLayers(nn.Module):
-    """Temporal Conv1D / Conv3D Layers: one temporal conv after each of the two spatial convs of a ResNet block,
-    inside its residual branch. The ResNet block calls ``apply(i, h, ctx)`` after its i-th spatial conv."""
-
-    def __init__(self, kind: str, channels: int, cond_dim: int, groups: int):
-        super().__init__()
-        if kind == "1d":
-            self.layers = nn.ModuleList([TemporalConv("1d", channels, cond_dim, groups, zero_out=True)
-                                         for _ in range(2)])
-        else:
-            hidden = conv3d_layer_hidden(channels, cond_dim, groups)
-            self.layers = nn.ModuleList([ProjectedTemporalConv(channels, hidden, cond_dim, groups, depth=1)
-                                         for _ in range(2)])
-
-    def apply_layer(self, i: int, h: torch.Tensor, ctx: Context) -> torch.Tensor:
-        return h + self.layers[i](h, ctx)
+        h = rearrange(F.silu(self.temporal_norm(x, ctx.temb)), "(b t) c h w -> b c t h w", t=ctx.frames)
+        for conv in self.temporal_convs:
+            h = conv(h)
+        return x + rearrange(h, "b c t h w -> (b t) c h w")
 
 
 def _count(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def _closest_width(make, target: int, channels: int) -> int:
-    """Smallest-error hidden width: parameter counts grow with the width, so bisect, then compare neighbours."""
-    lo, hi = 1, channels
+def _closest(make, target: int, candidates: list[int]) -> int:
     with torch.device("meta"):
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if _count(make(mid)) < target:
-                lo = mid + 1
-            else:
-                hi = mid
-        cands = [r for r in (lo - 1, lo) if r >= 1]
-        return min(cands, key=lambda r: abs(_count(make(r)) - target))
+        return min(candidates, key=lambda r: (abs(_count(make(r)) - target), r))
 
 
 @functools.lru_cache(maxsize=None)
 def conv3d_hidden(channels: int, cond_dim: int, groups: int) -> int:
-    """Hidden width of the Conv3D block whose parameter count is closest to the Conv1D block's (same C)."""
+    """Hidden width of the Conv3D block whose parameter count is closest to the Conv1D block's (same C).
+
+    Candidates are multiples of ``groups`` (each conv of the bottleneck starts with a GroupNorm). The count grows
+    with the width, so the answer is found among the first few candidates past the target.
+    """
     with torch.device("meta"):
-        target = _count(TemporalConvBlock("1d", channels, cond_dim, groups))
-    return _closest_width(lambda r: TemporalConvBlock("3d", channels, cond_dim, groups, hidden=r), target, channels)
+        target = _count(TemporalResNetBlock("1d", channels, cond_dim, groups))
+    cands = list(range(groups, max(channels, groups) + 1, groups))
+    return _closest(lambda r: TemporalResNetBlock("3d", channels, cond_dim, groups, hidden=r), target, cands)
 
 
 @functools.lru_cache(maxsize=None)
 def conv3d_layer_hidden(channels: int, cond_dim: int, groups: int) -> int:
-    """Hidden width of one Conv3D layer matching one Conv1D layer's parameters."""
-    with torch.device("meta"):
-        target = _count(TemporalConv("1d", channels, cond_dim, groups))
-    return _closest_width(lambda r: ProjectedTemporalConv(channels, r, cond_dim, groups, 1), target, channels)
+    """Hidden width of one Conv3D layer matching one Conv1D layer's parameters: 2Ch + 27h^2 + ... = 3C^2 + ..."""
+    def conv_params(kind, h=None):
+        if kind == "1d":
+            return 3 * channels * channels + channels
+        return channels * h + h + 27 * h * h + h + h * channels + channels
+    target = conv_params("1d")
+    return min(range(1, channels + 1), key=lambda h: (abs(conv_params("3d", h) - target), h))
 
 
 # ------------------------------------------------------------------------------------------------ attention
-class TemporalAttention(nn.Module):
+class TemporalAttention(Attention):
     """Attention across frames, per position (window 1 = Attn1d) or per 2x2 window of positions (Attn3d).
 
-    Same parameters for both: only how tokens are grouped into sequences changes.
+    Same parameters for both (the release's ``to_query/to_key/to_value/output_layer`` = our ``to_q/to_k/to_v/
+    to_out.0``): only how tokens are grouped into sequences changes. No mask, no positional bias: frame order
+    reaches attention through the conditional norm (frame position embedding) and the temporal convs.
     """
 
-    def __init__(self, channels: int, cond_dim: int, groups: int, head_dim: int, window: int):
-        super().__init__()
+    def __init__(self, channels: int, head_dim: int, window: int):
+        super().__init__(channels, channels, head_dim, channels)
         self.window = window
-        self.heads = max(1, channels // head_dim)
-        self.norm = AdaGN(channels, cond_dim, groups)
-        self.to_qkv = nn.Linear(channels, 3 * channels, bias=False)
-        self.to_out = zero_init(nn.Linear(channels, channels))
-        self.max_batch = 65535
+        zero_init(self.to_out[0])
 
-    def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
-        h = self.norm(x, ctx.temb)
-        H, W, p = h.shape[-2], h.shape[-1], self.window
+    def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:  # type: ignore[override]
+        H, W, p = x.shape[-2], x.shape[-1], self.window
         if p > 1 and (H % p or W % p):  # odd maps: pad to whole windows, crop afterwards
-            h = F.pad(h, (0, (-W) % p, 0, (-H) % p))
-        hp, wp = h.shape[-2] // p, h.shape[-1] // p
+            x = F.pad(x, (0, (-W) % p, 0, (-H) % p))
+        hp, wp = x.shape[-2] // p, x.shape[-1] // p
         # (b t) c (h p) (w q) -> (b h w) (t p q) c : one sequence per window, frames x window positions long
-        tokens = rearrange(h, "(b t) c (h p) (w q) -> (b h w) (t p q) c", t=ctx.frames, p=p, q=p)
-        q, k, v = rearrange(self.to_qkv(tokens), "n l (three heads d) -> three n heads l d", three=3,
-                            heads=self.heads)
-        out = attention(q, k, v, None, self.max_batch)
-        out = self.to_out(rearrange(out, "n heads l d -> n l (heads d)"))
+        tokens = rearrange(x, "(b t) c (h p) (w q) -> (b h w) (t p q) c", t=ctx.frames, p=p, q=p)
+        out = super().forward(tokens)
         # (b h w) (t p q) c -> (b t) c (h p) (w q)
         out = rearrange(out, "(b h w) (t p q) c -> (b t) c (h p) (w q)", t=ctx.frames, h=hp, w=wp, p=p, q=p)
         return out[..., :H, :W]
 
 
 class TemporalAttentionBlock(nn.Module):
-    """Temporal Attn1D/Attn3D Block: temporal attention + skip, then a feed-forward + skip (both zero-initialised;
-    the released code leaves the FF random, which would break identity at initialisation)."""
+    """Temporal Attn1D/Attn3D Block (the release's ``TemporalAttentionBlock``): CGN -> temporal attention + skip,
+    then CGN -> feed-forward (1x1 convs, SiLU, no biases) + skip."""
 
     def __init__(self, kind: str, channels: int, cond_dim: int, groups: int, head_dim: int):
         super().__init__()
-        self.attn = TemporalAttention(channels, cond_dim, groups, head_dim, window=1 if kind == "1d" else 2)
-        self.ff_norm = AdaGN(channels, cond_dim, groups)
-        self.ff = nn.Sequential(nn.Conv2d(channels, 4 * channels, 1), nn.GELU(),
-                                zero_init(nn.Conv2d(4 * channels, channels, 1)))
+        self.temporal_norm = ConditionalGroupNorm(groups, channels, cond_dim)
+        self.temporal_attention = TemporalAttention(channels, head_dim, window=1 if kind == "1d" else 2)
+        self.ff_norm = ConditionalGroupNorm(groups, channels, cond_dim)
+        self.feed_forward = nn.Sequential(nn.Conv2d(channels, 4 * channels, 1, bias=False), nn.SiLU(),
+                                          zero_init(nn.Conv2d(4 * channels, channels, 1, bias=False)))
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
-        x = x + self.attn(x, ctx)
-        return x + self.ff(self.ff_norm(x, ctx.temb))
+        x = x + self.temporal_attention(self.temporal_norm(x, ctx.temb), ctx)
+        return x + self.feed_forward(self.ff_norm(x, ctx.temb))
 
 
 class TemporalAttentionLayer(nn.Module):
-    """Temporal Attn1D/Attn3D Layer: attention + skip inserted inside the spatial transformer block."""
+    """Temporal Attn1D/Attn3D Layer: CGN -> temporal attention + skip, inside the spatial attention block."""
 
     def __init__(self, kind: str, channels: int, cond_dim: int, groups: int, head_dim: int):
         super().__init__()
-        self.attn = TemporalAttention(channels, cond_dim, groups, head_dim, window=1 if kind == "1d" else 2)
+        self.temporal_norm = ConditionalGroupNorm(groups, channels, cond_dim)
+        self.temporal_attention = TemporalAttention(channels, head_dim, window=1 if kind == "1d" else 2)
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
-        return x + self.attn(x, ctx)
+        return x + self.temporal_attention(self.temporal_norm(x, ctx.temb), ctx)
 
 
-def make_conv_module(spec: VariantSpec, channels: int, cond_dim: int, groups: int) -> nn.Module:
-    """The conv part of a variant at one ResNet block: a block after it, or layers inside it."""
-    if spec.placement == "Blocks":
-        return TemporalConvBlock(spec.conv, channels, cond_dim, groups)
-    return TemporalConvLayers(spec.conv, channels, cond_dim, groups)
-
-
-def make_attn_module(spec: VariantSpec, channels: int, cond_dim: int, groups: int, head_dim: int) -> nn.Module:
-    """The attention part of a variant at one spatial attention block: a block after it, or a layer inside it."""
-    cls = TemporalAttentionBlock if spec.placement == "Blocks" else TemporalAttentionLayer
-    return cls(spec.attn, channels, cond_dim, groups, head_dim)
+__all__ = ["VARIANTS", "DEFAULT_STUDY", "VariantSpec", "get_variant", "parse_variant", "TemporalResNetBlock",
+           "TemporalConvLayer", "TemporalAttention", "TemporalAttentionBlock", "TemporalAttentionLayer",
+           "conv3d_hidden", "conv3d_layer_hidden", "attention"]
