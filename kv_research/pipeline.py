@@ -1,6 +1,13 @@
 """The Kandinsky Video 1.1 keyframe pipeline around a KeyframeUNet: losses for image pretraining and video
 fine-tuning, and generation (first frame in text-to-image mode, then keyframes conditioned on it).
 
+Text follows the checkpoint's conventions (``unet.conventions``, see ``loaders.Conventions``): the suite's own
+models zero the padded tokens of the hashed-word encoder and use the empty prompt as the unconditional text;
+diffusers' Kandinsky 3.0 cuts to the longest prompt + 1 token and uses all-zero embeddings with an all-zero mask;
+the Kandinsky Video release projects first, zeroes the projected padding, and uses its stored null embedding.
+Generation projects every text once and passes the projected tokens to the UNet (``text_projected=True``), so
+conditional and unconditional rows of any convention share one batch.
+
 Generation is seeded per sample: ``sample_seed(prompt, index, base_seed)`` gives each sample its own generator, and
 every random draw of that sample (first-frame noise, its noise augmentation, keyframe noise) comes from it in a fixed
 order. A sample therefore does not depend on the batch it was generated in.
@@ -14,7 +21,7 @@ from torch import nn
 
 from .config import DiffusionConfig, Preset
 from .diffusion import Diffusion, cfg_combine, from_model, three_way_combine, to_model
-from .models.text import TextEncoder
+from .models.text import TextEncoder, cut_context
 from .models.unet import KeyframeUNet, inflate
 
 
@@ -23,12 +30,19 @@ def sample_seed(prompt: str, index: int, base_seed: int = 0) -> int:
 
 
 class KeyframePipeline(nn.Module):
-    def __init__(self, unet: KeyframeUNet, text_encoder: TextEncoder, diffusion_cfg: DiffusionConfig):
+    def __init__(self, unet: KeyframeUNet, text_encoder: nn.Module, diffusion_cfg: DiffusionConfig,
+                 null_embedding: torch.Tensor | None = None):
         super().__init__()
+        from .loaders import Conventions
         self.unet = unet
         self.text_encoder = text_encoder
         self.diffusion_cfg = diffusion_cfg
         self.diffusion = Diffusion(diffusion_cfg)
+        self.conventions = getattr(unet, "conventions", None) or Conventions()
+        if self.conventions.unconditional == "null_embedding" and null_embedding is None:
+            raise ValueError(f"{self.conventions.source} uses a stored null embedding as the unconditional text; "
+                             "pass null_embedding= (load_kandinsky_video(...).null_embedding)")
+        self.null_embedding = null_embedding
 
     @classmethod
     def from_preset(cls, preset: Preset, variant: str = "Spatial") -> "KeyframePipeline":
@@ -39,8 +53,10 @@ class KeyframePipeline(nn.Module):
 
     def inflated(self, variant: str, train_spatial: bool = False) -> "KeyframePipeline":
         """A new pipeline whose UNet is this (image) UNet inflated; the text encoder is shared and frozen."""
-        vid = KeyframePipeline(inflate(self.unet, variant, train_spatial=train_spatial), self.text_encoder,
-                               self.diffusion_cfg)
+        unet = inflate(self.unet, variant, train_spatial=train_spatial)
+        if hasattr(self.unet, "conventions"):
+            unet.conventions = self.unet.conventions
+        vid = KeyframePipeline(unet, self.text_encoder, self.diffusion_cfg, self.null_embedding)
         for p in vid.text_encoder.parameters():
             p.requires_grad_(train_spatial)
         return vid
@@ -50,7 +66,33 @@ class KeyframePipeline(nn.Module):
         return next(self.unet.parameters()).device
 
     def encode_text(self, prompts: list[str]):
-        return self.text_encoder(prompts)
+        """Raw tokens and mask as the UNet takes them under this checkpoint's conventions."""
+        tokens, mask = self.text_encoder(prompts)
+        conv = self.conventions
+        if conv.cut_context:
+            return cut_context(tokens, mask, zero_padding=conv.text != "kandinsky_video")
+        if conv.text == "kandinsky_video":
+            return tokens, mask
+        return tokens * mask[..., None].to(tokens.dtype), mask
+
+    def encode_prompts_and_null(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected tokens ``(2B, L, d)`` and masks: the prompts, then B unconditional rows (convention's own)."""
+        B, conv = len(prompts), self.conventions
+        if conv.unconditional == "empty_prompt":
+            raw, mask = self.encode_text(list(prompts) + [""] * B)
+            return self.unet.project_text(raw, mask), mask
+        raw, mask = self.encode_text(list(prompts))
+        cond = self.unet.project_text(raw, mask)
+        L, d = cond.shape[1], cond.shape[2]
+        null = torch.zeros(B, L, d, device=cond.device, dtype=cond.dtype)
+        null_mask = torch.zeros(B, L, dtype=mask.dtype, device=mask.device)
+        if conv.unconditional == "zeros":   # diffusers: zero raw embeddings, all-masked row -> LayerNorm bias tokens
+            null = self.unet.project_text(torch.zeros(B, L, raw.shape[2], device=raw.device, dtype=raw.dtype),
+                                          null_mask)
+        else:                               # the release: its null embedding at token 0, mask 1
+            null[:, 0] = self.null_embedding.to(cond.device, cond.dtype).reshape(1, d)
+            null_mask[:, 0] = True
+        return torch.cat([cond, null]), torch.cat([mask, null_mask])
 
     # -------------------------------------------------------------------------------------------- losses
     def image_loss(self, frames01: torch.Tensor, captions: list[str], generator: torch.Generator | None = None):
@@ -109,11 +151,11 @@ class KeyframePipeline(nn.Module):
                         steps: int | None = None) -> torch.Tensor:
         """Text-to-image mode with classifier-free guidance; returns (B, 3, H, W) in [-1, 1]."""
         B, dev = len(prompts), self.device
-        text, mask = self.encode_text(list(prompts) + [""] * B)
+        text, mask = self.encode_prompts_and_null(prompts)
         w = self.diffusion_cfg.guidance_text
 
         def denoise(x, t):
-            out = self.unet(torch.cat([x, x]), torch.cat([t, t]), text, mask)
+            out = self.unet(torch.cat([x, x]), torch.cat([t, t]), text, mask, text_projected=True)
             return cfg_combine(*out.chunk(2), w)
 
         x = self.diffusion.sample(denoise, (B, self.unet.config.in_channels, 1, size, size), generators, dev,
@@ -143,7 +185,7 @@ class KeyframePipeline(nn.Module):
         first_aug = self.diffusion.augment_first_frame(first, level, gens)
         motion_t = torch.zeros(B) if motion is None else torch.as_tensor(motion, dtype=torch.float32).reshape(B)
         motion_t = motion_t.to(dev)
-        text, mask = self.encode_text(list(prompts) + [""] * B)
+        text, mask = self.encode_prompts_and_null(prompts)
         null_text, null_mask = text[B:], mask[B:]
         wt, wi = cfg.guidance_text, cfg.guidance_image
 
@@ -151,7 +193,8 @@ class KeyframePipeline(nn.Module):
             if wi == 1.0:  # e_0 + 1 (e_I - e_0) + w_T (e_TI - e_I): the image-free branch cancels, skip it
                 out = self.unet(torch.cat([x, x]), torch.cat([t, t]), torch.cat([text[:B], null_text]),
                                 torch.cat([mask[:B], null_mask]), first_frame=torch.cat([first_aug, first_aug]),
-                                motion_score=torch.cat([motion_t, motion_t]), noise_level=torch.cat([level, level]))
+                                motion_score=torch.cat([motion_t, motion_t]), noise_level=torch.cat([level, level]),
+                                text_projected=True)
                 e_ti, e_i = out.chunk(2)
                 return cfg_combine(e_ti, e_i, wt)
             x3 = torch.cat([x, x, x])
@@ -160,9 +203,10 @@ class KeyframePipeline(nn.Module):
             msk = torch.cat([mask[:B], null_mask, null_mask])
             out_img = self.unet(x3[: 2 * B], t3[: 2 * B], txt[: 2 * B], msk[: 2 * B],
                                 first_frame=torch.cat([first_aug, first_aug]),
-                                motion_score=torch.cat([motion_t, motion_t]), noise_level=torch.cat([level, level]))
+                                motion_score=torch.cat([motion_t, motion_t]), noise_level=torch.cat([level, level]),
+                                text_projected=True)
             out_none = self.unet(x3[2 * B:], t3[2 * B:], txt[2 * B:], msk[2 * B:], first_frame=None,
-                                 motion_score=motion_t, noise_level=level)
+                                 motion_score=motion_t, noise_level=level, text_projected=True)
             e_ti, e_i = out_img.chunk(2)
             return three_way_combine(e_ti, e_i, out_none, wt, wi)
 

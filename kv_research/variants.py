@@ -1,8 +1,16 @@
 """``python -m kv_research.variants [--preset P] [--json]``: every variant with its parameters and GFLOPs.
 
+Counts are of the model ``kv.build_unet(name, preset)`` builds: ``Spatial`` is the text-to-image UNet (at the
+``paper`` preset exactly diffusers' Kandinsky 3.0, 3,055,348,228), every other variant is it inflated (video
+input conv + temporal modules). ``params_release_layout`` counts the same weights as the released Kandinsky Video
+files hold them: without the text projection (kept in ``t5_projections.pt``) and with the image-mode input conv
+at the video conv's 2C+1 input channels (``image_in_layer``); for ``Conv1dAttn1dBlocks`` at the ``paper`` preset
+that is the released keyframe UNet's 4,149,077,956.
+
 GFLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` for one forward pass of one clip
-(batch 1, the preset's frames and resolution, video mode with a first frame), on the meta device, so even the
-``paper`` preset (about 4B parameters) is counted without allocating it.
+(batch 1, the preset's frames and resolution, video mode with a first frame; ``Spatial``: every frame through the
+image model), on the meta device, so even the ``paper`` preset (about 4B parameters) is counted without allocating
+it.
 """
 from __future__ import annotations
 
@@ -25,19 +33,25 @@ def variant_table(preset: str = "quick", variants: list[str] | None = None, devi
         img = KeyframeUNet(p.unet)
     C, T, S, L = p.unet.in_channels, p.frames, p.size, p.text.max_len
     for name in variants or list(VARIANTS):
-        model = inflate(img, name)
+        model = img if name == "Spatial" else inflate(img, name)
         counts = model.parameter_counts()
+        proj = sum(q.numel() for n, q in model.named_parameters() if n.startswith("encoder_hid_proj."))
+        conv = model.conv_in.weight
+        release = (counts["params_total"] - proj
+                   + (conv.shape[0] * (2 * conv.shape[1] + 1 - conv.shape[1]) * conv[0, 0].numel()
+                      if model.video_in_conv is not None else 0))
         with torch.device(device):
             x = torch.zeros(1, C, T, S, S)
             text = torch.zeros(1, L, p.unet.text_dim)
             mask = torch.ones(1, L, dtype=torch.bool)
             t = torch.zeros(1, dtype=torch.long)
-            first = torch.zeros(1, C, S, S)
+            first = torch.zeros(1, C, S, S) if model.video_in_conv is not None else None
         with FlopCounterMode(display=False) as fc, torch.no_grad():
             model(x, t, text, mask, first_frame=first, motion_score=torch.zeros(1, device=device),
                   noise_level=torch.zeros(1, device=device))
         rows.append({"name": name, "params_total": counts["params_total"],
-                     "params_temporal": counts["params_temporal"], "gflops": fc.get_total_flops() / 1e9,
+                     "params_temporal": counts["params_temporal"], "params_release_layout": release,
+                     "gflops": fc.get_total_flops() / 1e9,
                      "preset": preset, "frames": T, "resolution": S})
         del model
     return rows
@@ -63,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"preset {args.preset}: one clip of {rows[0]['frames']} frames at {rows[0]['resolution']} px, video mode")
-    print(f"{'variant':<22} {'params total':>14} {'params temporal':>16} {'GFLOPs':>10}")
+    print(f"{'variant':<22} {'params total':>15} {'params temporal':>16} {'release layout':>15} {'GFLOPs':>10}")
     for r in rows:
-        print(f"{r['name']:<22} {r['params_total']:>14,} {r['params_temporal']:>16,} {r['gflops']:>10.3f}")
+        print(f"{r['name']:<22} {r['params_total']:>15,} {r['params_temporal']:>16,} "
+              f"{r['params_release_layout']:>15,} {r['gflops']:>10.3f}")
     return 0
 
 
