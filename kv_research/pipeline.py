@@ -127,19 +127,9 @@ class KeyframePipeline(nn.Module):
         return self.diffusion.loss(out, x0, t, noise)
 
     def _video_forward(self, x_t, t, text, mask, first, keep_image, motion, level):
-        if bool(keep_image.all()):
-            return self.unet(x_t, t, text, mask, first_frame=first, motion_score=motion, noise_level=level)
-        outs = []
-        for keep in (True, False):
-            idx = (keep_image > 0) if keep else (keep_image == 0)
-            if idx.any():
-                o = self.unet(x_t[idx], t[idx], text[idx], mask[idx], first_frame=first[idx] if keep else None,
-                              motion_score=motion[idx], noise_level=level[idx])
-                outs.append((idx, o))
-        out = torch.empty_like(x_t)
-        for idx, o in outs:
-            out[idx] = o.to(out.dtype)
-        return out
+        # one call: clips that drop their first frame get a zero condition and a zero mask (= first_frame=None)
+        return self.unet(x_t, t, text, mask, first_frame=first, motion_score=motion, noise_level=level,
+                         first_frame_keep=keep_image)
 
     def _drop_text(self, captions: list[str], generator) -> list[str]:
         drop = torch.rand(len(captions), generator=generator) < self.diffusion_cfg.p_uncond_text

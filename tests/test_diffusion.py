@@ -146,3 +146,30 @@ def test_checkpoint_roundtrip_and_mismatch_messages(tmp_path):
         load_checkpoint(path, wide)
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "nope.safetensors", pipe)
+
+
+def test_dropped_first_frames_in_one_call_equal_first_frame_none():
+    """Guidance training drops some clips' first frame: one call with per-clip keep flags = separate calls."""
+    pipe = tiny_pipe(variant="Conv1dAttn1dBlocks")
+    with torch.no_grad():                         # as if trained: the zero-initialised temporal outputs random
+        for n, prm in pipe.unet.named_parameters():
+            if kv.models.is_inflation_param(n):
+                prm.normal_(0, 0.2)
+    g = torch.Generator().manual_seed(0)
+    x, first = torch.randn(3, 3, 3, 8, 8, generator=g), torch.randn(3, 3, 8, 8, generator=g)
+    text, mask = pipe.encode_text(["a red square", "a blue square", ""])
+    t, m, lv = torch.tensor([5, 300, 900]), torch.tensor([1.0, 5.0, 9.0]), torch.tensor([0.0, 20.0, 100.0])
+    keep = torch.tensor([True, False, True])
+    with torch.no_grad():
+        one = pipe._video_forward(x, t, text, mask, first, keep, m, lv)
+        kept = pipe.unet(x[keep], t[keep], text[keep], mask[keep], first_frame=first[keep], motion_score=m[keep],
+                         noise_level=lv[keep])
+        dropped = pipe.unet(x[1:2], t[1:2], text[1:2], mask[1:2], first_frame=None, motion_score=m[1:2],
+                            noise_level=lv[1:2])
+        alone = pipe.unet(x[1:2], t[1:2], text[1:2], mask[1:2], first_frame=first[1:2], motion_score=m[1:2],
+                          noise_level=lv[1:2], first_frame_keep=torch.tensor([False]))
+    assert torch.equal(alone, dropped)                  # same batch: exactly the no-image branch
+    # mixed batch vs sub-batches: equal up to batch-size-dependent CPU rounding (the old code's two calls)
+    assert (one[keep] - kept).abs().max() < 1e-4 and (one[1:2] - dropped).abs().max() < 1e-4
+    assert (one[1:2] - pipe.unet(x[1:2], t[1:2], text[1:2], mask[1:2], first_frame=first[1:2], motion_score=m[1:2],
+                                 noise_level=lv[1:2])).abs().max() > 1e-3      # the keep flag really matters

@@ -313,10 +313,13 @@ class KeyframeUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
                 first_frame: torch.Tensor | None = None, motion_score: torch.Tensor | None = None,
-                noise_level: torch.Tensor | None = None, text_projected: bool = False) -> torch.Tensor:
+                noise_level: torch.Tensor | None = None, text_projected: bool = False,
+                first_frame_keep: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, C, T, H, W); t (B,) diffusion steps; text (B, L, text_dim) raw tokens with text_mask (B, L).
 
         ``text_projected=True``: ``text`` already went through ``project_text`` (or is a stored null embedding).
+        ``first_frame_keep`` (B,) 0/1: per clip, whether the first frame is given (0 = the "no image" branch of
+        guidance training: zero condition and zero mask, exactly as ``first_frame=None``), so one call serves both.
         first_frame (B, C, H, W) (already noise-augmented), motion_score (B,), noise_level (B,) are used in video
         mode only. Video mode = an inflated model called with T > 1 or with a first frame; otherwise every frame
         goes through the text-to-image model independently.
@@ -337,8 +340,10 @@ class KeyframeUNet(nn.Module):
             cond = torch.zeros_like(x)
             mask = torch.zeros_like(x[:, :1])
             if first_frame is not None:
-                cond[:, :, 0] = first_frame
-                mask[:, :, 0] = 1.0
+                keep = (torch.ones(B, device=x.device, dtype=x.dtype) if first_frame_keep is None
+                        else first_frame_keep.to(x.device, x.dtype).reshape(B))
+                cond[:, :, 0] = first_frame * keep[:, None, None, None]
+                mask[:, 0, 0] = keep[:, None, None]
             # [x_t, first frame in slot 0, mask] on channels: (b, 2c+1, t, h, w) -> (b t) (2c+1) h w
             h = torch.cat([h, rearrange(torch.cat([cond, mask], 1), "b c t h w -> (b t) c h w")], dim=1)
             h = self.video_in_conv(h)
