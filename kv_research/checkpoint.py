@@ -28,7 +28,8 @@ class CheckpointMismatchError(CheckpointError):
 def describe(pipe) -> dict:
     return {"variant": pipe.unet.config.variant, "video_model": pipe.unet.video_in_conv is not None,
             "unet": to_jsonable(pipe.unet.config),
-            "text": to_jsonable(pipe.text_encoder.config), "diffusion": to_jsonable(pipe.diffusion_cfg)}
+            "text": to_jsonable(pipe.text_encoder.config), "diffusion": to_jsonable(pipe.diffusion_cfg),
+            "conventions": to_jsonable(getattr(pipe, "conventions", None))}
 
 
 def save_checkpoint(path: str | Path, pipe, ema: dict[str, torch.Tensor] | None = None, extra: dict | None = None):
@@ -99,6 +100,9 @@ def pipeline_from_checkpoint(path: str | Path, use_ema: bool = True):
     if meta.get("video_model"):
         unet.config = ucfg
         unet.add_temporal_modules()
+    if meta.get("conventions"):
+        from .loaders import Conventions
+        unet.conventions = config_from_dict(Conventions, meta["conventions"])
     pipe = KeyframePipeline(unet, TextEncoder(config_from_dict(TextConfig, meta["text"])),
                             config_from_dict(DiffusionConfig, meta["diffusion"]))
     load_checkpoint(path, pipe, use_ema=use_ema)
