@@ -58,6 +58,12 @@ class AblationConfig:
         return d
 
 
+def run_hash(cfg: AblationConfig) -> str:
+    """What a run folder is keyed by: the run's identity and the fully resolved preset (model widths included),
+    so a folder written with another architecture or preset definition is refused before any work."""
+    return config_hash({**cfg.identity(), "resolved_preset": to_jsonable(resolved_preset(cfg))})
+
+
 def resolved_preset(cfg: AblationConfig):
     p = get_preset(cfg.preset)
     for key, value in cfg.overrides.items():
@@ -95,10 +101,10 @@ def validate(cfg: AblationConfig) -> None:
             old = json.loads(run_json.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{run_json} is not valid JSON ({e}); move the folder away or choose another --out")
-        if old.get("config_hash") != config_hash(cfg.identity()):
+        if old.get("config_hash") != run_hash(cfg):
             raise ValueError(
                 f"{out} holds a different run (config hash {old.get('config_hash')}, this one "
-                f"{config_hash(cfg.identity())}; its config: {json.dumps(old.get('config', {}).get('preset'))}). "
+                f"{run_hash(cfg)}; its config: {json.dumps(old.get('config', {}).get('preset'))}). "
                 "Choose another --out; nothing was changed.")
         for v in cfg.variants:   # a checkpoint left by another variant or config in a variant's folder
             ck = out / "variants" / v / "checkpoints" / "last.json"
@@ -113,7 +119,7 @@ def validate(cfg: AblationConfig) -> None:
 
 def plan(cfg: AblationConfig) -> dict:
     p = resolved_preset(cfg)
-    return {"config": to_jsonable(cfg), "config_hash": config_hash(cfg.identity()), "preset": to_jsonable(p),
+    return {"config": to_jsonable(cfg), "config_hash": run_hash(cfg), "preset": to_jsonable(p),
             "stages": ["benchmark", "motion labels", f"image pretraining ({p.train.image_steps} steps)"]
             + [f"{v}: fine-tune {p.train.video_steps} steps, generate"
                + (f", motion control ({p.eval.motion_control_prompts} prompts)" if p.eval.motion_control_prompts
