@@ -276,6 +276,9 @@ def release_unet_config(state: dict, kwargs: dict, source: str) -> UNetConfig:
         want = tuple(mc * m for m in kwargs.get("dim_mult", (1, 2, 4, 8)))
         if want != widths:
             raise CheckpointError(f"{source}: configs say widths {want}, the tensors have {widths}")
+    if init != widths[0] // 2:
+        raise CheckpointError(f"{source}: input conv width {init} is not half the first block width {widths[0]} "
+                              "(Kandinsky 3.0's layout, the only one this UNet builds)")
     in_ch = (num_channels - 1) // 2
     try:
         return UNetConfig(in_channels=in_ch, out_channels=out_channels, block_out_channels=widths, layers_per_block=n,

@@ -10,7 +10,6 @@ from kv_research.config import UNetConfig
 from kv_research.models import temporal as T
 from kv_research.models.layers import ConditionalGroupNorm, Context
 from kv_research.models.text import TextEncoder, tokenize, word_id
-from kv_research.models.unet import KeyframeUNet
 
 ALL = list(kv.VARIANTS)
 
