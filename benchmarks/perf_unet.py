@@ -81,23 +81,17 @@ def interleaved(fa, fb, rounds: int, warmup: int) -> tuple[list[float], list[flo
     return ta, tb
 
 
-def quantile(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    pos = q * (len(s) - 1)
-    lo = int(pos)
-    return s[lo] + (s[min(lo + 1, len(s) - 1)] - s[lo]) * (pos - lo)
-
-
 def compare(name: str, config: str, a: str, b: str, fa, fb, args, rounds: int) -> dict:
     t0 = time.perf_counter()
     flops_a, flops_b = count_flops(fa), count_flops(fb)
     t1 = time.perf_counter()
     ta, tb = interleaved(fa, fb, rounds, args.warmup)
     ratios = [x / y for x, y in zip(ta, tb)]
+    q25, _, q75 = statistics.quantiles(ratios, n=4, method="inclusive")      # linear interpolation
     row = {"comparison": name, "config": config, "a": a, "b": b, "rounds": rounds,
            "median_s_a": statistics.median(ta), "median_s_b": statistics.median(tb),
-           "ratio_median": statistics.median(ratios), "ratio_q25": quantile(ratios, 0.25),
-           "ratio_q75": quantile(ratios, 0.75), "ratio_min": min(ratios), "ratio_max": max(ratios),
+           "ratio_median": statistics.median(ratios), "ratio_q25": q25,
+           "ratio_q75": q75, "ratio_min": min(ratios), "ratio_max": max(ratios),
            "gflop_a": flops_a / 1e9, "gflop_b": flops_b / 1e9, "times_s_a": ta, "times_s_b": tb,
            "min_s_a": min(ta), "min_s_b": min(tb), "first_calls_s": t1 - t0, "wall_s": time.perf_counter() - t0,
            "loadavg_1min": os.getloadavg()[0]}

@@ -56,8 +56,9 @@ class UNetConfig:
         if not self.out_channels:
             self.out_channels = self.in_channels
         problems = []
-        if not self.block_out_channels or min(self.block_out_channels) < 2:
-            problems.append(f"block_out_channels must be >= 2 each, got {self.block_out_channels}")
+        if not self.block_out_channels or min(self.block_out_channels) < 2 or self.block_out_channels[0] < 4:
+            problems.append(f"block_out_channels must be >= 2 each and the first >= 4 (the input conv has half of "
+                            f"it), got {self.block_out_channels}")
         if len(self.add_attention) < len(self.block_out_channels):
             problems.append(f"add_attention needs one flag per level ({len(self.block_out_channels)}), "
                             f"got {self.add_attention}")
@@ -80,9 +81,6 @@ class UNetConfig:
         if attn:
             raise ValueError(f"attention_head_dim={self.attention_head_dim} does not divide the attention widths "
                              f"{attn} (block widths with attention, time_embedding_dim)")
-        if self.init_channels < 2 or self.init_channels % self.groups:
-            raise ValueError(f"init channels block_out_channels[0] // 2 = {self.init_channels} must be a multiple of "
-                             f"groups={self.groups}")
 
     @property
     def text_dim(self) -> int:
@@ -103,7 +101,7 @@ class UNetConfig:
         """Every width that a GroupNorm sees in the spatial model (ResNet ins, hidden, outs; attention widths)."""
         dims = [self.init_channels, *self.block_out_channels]
         ws = [self.init_channels]
-        cats = [c for c in self.block_out_channels[:-1]]
+        cats = self.block_out_channels[:-1]
         for cin, cout in zip(dims[:-1], dims[1:]):
             ws += [cin, cout, max(cin, cout) // 2, cout // 2]
         for lvl, (cout, cin) in enumerate(zip(reversed(dims[:-1]), reversed(dims[1:]))):

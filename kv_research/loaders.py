@@ -43,7 +43,6 @@ class Conventions:
     guidance_scale: float | None = None  # the checkpoint pipeline's default, in *their* convention
     zero_terminal_snr: bool = True
     prediction: str = "v"
-    max_length: int = 128
 
     def diffusion_config(self, **overrides) -> DiffusionConfig:
         """A ``DiffusionConfig`` with this checkpoint's schedule and target (cosine = ``squaredcos_cap_v2``)."""

@@ -21,6 +21,7 @@ from torch import nn
 
 from .config import DiffusionConfig, Preset
 from .diffusion import Diffusion, cfg_combine, from_model, three_way_combine, to_model
+from .loaders import Conventions
 from .models.text import TextEncoder, cut_context
 from .models.unet import KeyframeUNet, inflate
 
@@ -33,7 +34,6 @@ class KeyframePipeline(nn.Module):
     def __init__(self, unet: KeyframeUNet, text_encoder: nn.Module, diffusion_cfg: DiffusionConfig,
                  null_embedding: torch.Tensor | None = None):
         super().__init__()
-        from .loaders import Conventions
         self.unet = unet
         self.text_encoder = text_encoder
         self.diffusion_cfg = diffusion_cfg
@@ -53,10 +53,8 @@ class KeyframePipeline(nn.Module):
 
     def inflated(self, variant: str, train_spatial: bool = False) -> "KeyframePipeline":
         """A new pipeline whose UNet is this (image) UNet inflated; the text encoder is shared and frozen."""
-        unet = inflate(self.unet, variant, train_spatial=train_spatial)
-        if hasattr(self.unet, "conventions"):
-            unet.conventions = self.unet.conventions
-        vid = KeyframePipeline(unet, self.text_encoder, self.diffusion_cfg, self.null_embedding)
+        vid = KeyframePipeline(inflate(self.unet, variant, train_spatial=train_spatial), self.text_encoder,
+                               self.diffusion_cfg, self.null_embedding)      # the deep copy keeps .conventions
         for p in vid.text_encoder.parameters():
             p.requires_grad_(train_spatial)
         return vid

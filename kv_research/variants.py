@@ -35,11 +35,6 @@ def variant_table(preset: str = "quick", variants: list[str] | None = None, devi
     for name in variants or list(VARIANTS):
         model = img if name == "Spatial" else inflate(img, name)
         counts = model.parameter_counts()
-        proj = sum(q.numel() for n, q in model.named_parameters() if n.startswith("encoder_hid_proj."))
-        conv = model.conv_in.weight
-        release = (counts["params_total"] - proj
-                   + (conv.shape[0] * (2 * conv.shape[1] + 1 - conv.shape[1]) * conv[0, 0].numel()
-                      if model.video_in_conv is not None else 0))
         with torch.device(device):
             x = torch.zeros(1, C, T, S, S)
             text = torch.zeros(1, L, p.unet.text_dim)
@@ -50,7 +45,7 @@ def variant_table(preset: str = "quick", variants: list[str] | None = None, devi
             model(x, t, text, mask, first_frame=first, motion_score=torch.zeros(1, device=device),
                   noise_level=torch.zeros(1, device=device))
         rows.append({"name": name, "params_total": counts["params_total"],
-                     "params_temporal": counts["params_temporal"], "params_release_layout": release,
+                     "params_temporal": counts["params_temporal"], "params_release_layout": counts["params_release_layout"],
                      "gflops": fc.get_total_flops() / 1e9,
                      "preset": preset, "frames": T, "resolution": S})
         del model

@@ -134,9 +134,7 @@ def test_kandinsky_video_reproduces_the_release_image_and_video_mode(kv_fixture)
     got = out[0].permute(1, 0, 2, 3)                              # (c, T, h, w) -> (T, c, h, w)
     assert (got - io["video_out"]).abs().max().item() <= 1e-5
     # the released file's parameter count: ours without the projection, with the 9-channel image_in_layer
-    n = sum(p.numel() for p in u.parameters()) - sum(p.numel() for p in u.encoder_hid_proj.parameters())
-    n += u.conv_in.weight.shape[0] * (u.video_in_conv.weight.shape[1] - u.conv_in.weight.shape[1]) * 9
-    assert n == fx["models"]["keyframe_unet"]["n_params"]
+    assert u.parameter_counts()["params_release_layout"] == fx["models"]["keyframe_unet"]["n_params"]
 
 
 def test_pipeline_applies_the_release_conventions(kv_fixture):

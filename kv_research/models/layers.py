@@ -97,9 +97,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     outs = []
     for i in range(0, n, step):
-        m = None if mask is None or mask.shape[0] == 1 else mask[i:i + step]
-        outs.append(F.scaled_dot_product_attention(q[i:i + step], k[i:i + step], v[i:i + step],
-                                                   attn_mask=mask if m is None else m))
+        m = mask if mask is None or mask.shape[0] == 1 else mask[i:i + step]     # broadcast masks stay whole
+        outs.append(F.scaled_dot_product_attention(q[i:i + step], k[i:i + step], v[i:i + step], attn_mask=m))
     return torch.cat(outs)
 
 

@@ -43,7 +43,6 @@ class Kandinsky3Block(nn.Module):
         self.up_sample = nn.ConvTranspose2d(cin, cin, 2, stride=2) if up_resolution is True else nn.Identity()
         self.projection = nn.Conv2d(cin, cout, kernel, padding=int(kernel > 1))
         self.down_sample = nn.Conv2d(cout, cout, 2, stride=2) if up_resolution is False else nn.Identity()
-        self.kernel = kernel
         self.temporal_projection: nn.Module | None = None
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
@@ -160,8 +159,7 @@ class Kandinsky3UpSampleBlock(nn.Module):
         super().__init__()
         self.self_attention, self.context_dim = self_attention, context_dim
         ups = [(None, True if up_sample else None, None, None)] + [(None,) * 4] * (n - 1)
-        ios = [(cin + cat, cin)] + [(cin, cin)] * (n - 2) + [(cin, cout)]
-        ios = ios[: len(ups)]
+        ios = [(cin + cat, cin)] + [(cin, cin)] * (n - 2) + [(cin, cout)]     # n >= 2 (UNetConfig checks)
         attns = [Kandinsky3AttentionBlock(cout, emb_dim, None, groups, head_dim) if self_attention else nn.Identity()]
         self.resnets_in = nn.ModuleList([Kandinsky3ResNetBlock(i, i, emb_dim, groups, u) for (i, _), u in zip(ios, ups)])
         attns += [Kandinsky3AttentionBlock(i, emb_dim, context_dim, groups, head_dim) if context_dim else
@@ -293,7 +291,7 @@ class KeyframeUNet(nn.Module):
             else:
                 for res in [*blk.resnets_in, *blk.resnets_out]:
                     for b in res.resnet_blocks:
-                        if b.kernel == 3:
+                        if b.projection.kernel_size == (3, 3):
                             b.temporal_projection = TemporalConvLayer(spec.conv, b.projection.out_channels, E, g)
                 if blk.self_attention:
                     sa = blk.attentions[0]
@@ -373,9 +371,15 @@ class KeyframeUNet(nn.Module):
 
     # ------------------------------------------------------------------------------------------- accounting
     def parameter_counts(self) -> dict[str, int]:
+        """``params_release_layout``: the same weights counted as the released Kandinsky Video files hold them,
+        without the text projection (kept in ``t5_projections.pt``) and with the image-mode input conv at the
+        video conv's 2C+1 input channels (``image_in_layer``)."""
         total = sum(p.numel() for p in self.parameters())
         temporal = sum(p.numel() for n, p in self.named_parameters() if is_inflation_param(n))
-        return {"params_total": total, "params_temporal": temporal,
+        release = total - sum(p.numel() for p in self.encoder_hid_proj.parameters())
+        if self.video_in_conv is not None:
+            release += self.video_in_conv.weight[:, self.config.in_channels:].numel()
+        return {"params_total": total, "params_temporal": temporal, "params_release_layout": release,
                 "params_trainable": sum(p.numel() for p in self.parameters() if p.requires_grad)}
 
 
