@@ -49,12 +49,33 @@ class AblationConfig:
     seed: int = 0
     progress: bool = True
     overrides: dict = field(default_factory=dict)   # e.g. {"train.video_steps": 10} for quick experiments
+    # real parts (study_inputs.py); None = the offline default of each
+    init_kandinsky3: str | None = None  # diffusers Kandinsky 3.0 folder (or its unet/): skips image pretraining
+    text_encoder: str | None = None     # T5 folder (or the Kandinsky 3.0 root); features cached in OUT/text_features
+    codec: str | None = None            # "pixels" | MoVQ folder (Kandinsky 3.0 root or movq/) | the release's movq.pt
+    data: str | None = None             # captioned videos: CSV (path, caption[, start, end]), folder, UCF-101 root
+    reference: str | None = None        # real videos for FVD (folder, CSV, UCF-101 root); default: --data
+    fps: float = 2.0                    # keyframe rate of real clips (the paper: 16 keyframes at 2 fps)
+    prompt_limit: int | None = None     # keep the first N prompts of the set (stated in the table)
+    metrics: tuple | None = None        # default: FVD, CLIPSIM, motion with --data; the synthetic metrics without
+    i3d: str | None = None              # detector files (default: found in $KV_WEIGHTS_DIR)
+    clip: str | None = None
+    train_bf16: bool = False            # bf16 autocast for training too (GPU)
+
+    def __post_init__(self):
+        self.variants = tuple(self.variants)
+        if self.metrics is not None:
+            self.metrics = tuple(self.metrics)
 
     def identity(self) -> dict:
         """What makes two runs the same run (the variant list may grow; the folder and device may change)."""
         d = to_jsonable(self)
         for k in ("variants", "out", "device", "progress", "compile"):
             d.pop(k)
+        for k in ("init_kandinsky3", "text_encoder", "codec", "data", "reference", "fps", "prompt_limit",
+                  "metrics", "i3d", "clip", "train_bf16"):
+            if d.get(k) is None or (k == "fps" and d[k] == 2.0) or (k == "train_bf16" and not d[k]):
+                d.pop(k)     # unset real parts leave the identity (and the hash) of a synthetic run unchanged
         return d
 
 
@@ -80,7 +101,6 @@ def resolved_preset(cfg: AblationConfig):
 # ------------------------------------------------------------------------------------------------ checks
 def validate(cfg: AblationConfig) -> None:
     """Everything that can be checked before any work: variants, prompts, the output folder."""
-    from .harness import load_prompt_table
     for v in cfg.variants:
         get_variant(v)           # raises with the list of known names
     if len(set(cfg.variants)) != len(cfg.variants):
@@ -91,9 +111,11 @@ def validate(cfg: AblationConfig) -> None:
         raise ValueError(f"eval.motion_control_prompts must be >= 0 (got {ecfg.motion_control_prompts}) and "
                          f"eval.motion_control_quantiles two increasing numbers in [0, 1] (got {q})")
     if cfg.prompts is not None:
-        load_prompt_table(cfg.prompts)
+        from .prompt_sets import load_prompt_set
+        load_prompt_set(cfg.prompts, cfg.prompt_limit)
     from .metrics.motion import MotionLabelCache
     MotionLabelCache(device=cfg.device)      # RAFT weights present and verified, before any training
+    validate_real_parts(cfg)
     out = Path(cfg.out)
     run_json = out / "run.json"
     if run_json.is_file():
@@ -117,24 +139,125 @@ def validate(cfg: AblationConfig) -> None:
         raise ValueError(f"{out} exists, is not empty and holds no ablation run; choose another --out")
 
 
+def validate_real_parts(cfg: AblationConfig) -> None:
+    """The real parts' files exist and are what they claim, and the detectors are present: checked before any
+    work, each error naming the path."""
+    from .study_inputs import study_metrics
+    for name in ("init_kandinsky3", "text_encoder", "data", "reference"):
+        v = getattr(cfg, name)
+        if v is not None and not Path(v).exists():
+            raise FileNotFoundError(f"--{name.replace('_', '-')}: {v} does not exist")
+    if cfg.codec not in (None, "pixels"):
+        from .models.codec import load_codec
+        load_codec(cfg.codec)                 # a folder of another model is refused here, by name
+    if cfg.init_kandinsky3 and not cfg.text_encoder:
+        raise ValueError("--init-kandinsky3 needs --text-encoder (the T5 whose features Kandinsky 3.0 was trained "
+                         "on; its root folder usually holds text_encoder/ and tokenizer/)")
+    if cfg.fps <= 0:
+        raise ValueError(f"fps must be > 0, got {cfg.fps}")
+    metrics = study_metrics(cfg)
+    from .metrics.core import METRICS
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; known: {list(METRICS)}")
+    if not cfg.data and {"fvd", "clipsim"} & set(metrics) and not cfg.reference and "fvd" in metrics:
+        raise ValueError("metric 'fvd' needs real reference videos: pass --reference (or --data)")
+    if {"fvd", "clipsim"} & set(metrics):
+        from .study_inputs import load_detectors
+        load_detectors(dataclasses.replace(cfg, device="cpu"), metrics, resolved_preset(cfg).frames)
+
+
 def plan(cfg: AblationConfig) -> dict:
     p = resolved_preset(cfg)
+    first = (["latents + motion labels of --data (resumable, sharded over ranks)"] if cfg.data
+             else ["benchmark", "motion labels"])
+    first += ["text features (T5, cached)"] if cfg.text_encoder else []
+    first += (["load Kandinsky 3.0 (no image pretraining)"] if cfg.init_kandinsky3
+              else [f"image pretraining ({p.train.image_steps} steps)"])
     return {"config": to_jsonable(cfg), "config_hash": run_hash(cfg), "preset": to_jsonable(p),
-            "stages": ["benchmark", "motion labels", f"image pretraining ({p.train.image_steps} steps)"]
+            "stages": first
             + [f"{v}: fine-tune {p.train.video_steps} steps, generate"
                + (f", motion control ({p.eval.motion_control_prompts} prompts)" if p.eval.motion_control_prompts
                   else "") + ", evaluate" for v in cfg.variants]
             + (["Untrained: generate, evaluate"] if cfg.include_untrained else []) + ["tables, figures"]}
 
 
+def files_to_read(cfg: AblationConfig) -> list[str]:
+    """Every input file the run will open (weights, configs, data lists), as far as it can be known up front."""
+    files = []
+
+    def add(folder, patterns):
+        folder = Path(folder)
+        if folder.is_file():
+            files.append(str(folder))
+            return
+        for pat in patterns:
+            files.extend(str(f) for f in sorted(folder.glob(pat)))
+    if cfg.init_kandinsky3:
+        add(cfg.init_kandinsky3, ["config.json", "*.safetensors", "*.bin", "unet/config.json", "unet/*.safetensors",
+                                  "unet/*.bin"])
+    if cfg.text_encoder:
+        add(cfg.text_encoder, ["config.json", "*.safetensors", "*.json", "spiece.model", "text_encoder/*",
+                               "tokenizer/*"])
+    if cfg.codec not in (None, "pixels"):
+        add(cfg.codec, ["config.json", "*.safetensors", "movq/*"])
+    for src in (cfg.data, cfg.reference):
+        if src:
+            add(src, ["*.csv"])
+    from .weights import find_weights
+    for key in ("raft_small_princeton",):
+        try:
+            files.append(str(find_weights(key)))
+        except FileNotFoundError as e:
+            files.append(f"MISSING: {str(e).splitlines()[0]}")
+    return list(dict.fromkeys(files))
+
+
+def dry_run_report(cfg: AblationConfig) -> tuple[dict, str]:
+    """What ``--dry-run`` adds to the plan: parameters of each row, the files read, and the GPU memory per rank of
+    fine-tuning each variant (with and without gradient checkpointing), all on the meta device: nothing is
+    allocated or loaded. Returns (JSON-able dict, readable text)."""
+    import os
+
+    from .memory import estimate_training_memory, format_memory
+    from .models.unet import KeyframeUNet, inflate
+    from .variants import variant_table
+    p = resolved_preset(cfg)
+    ucfg = p.unet
+    if cfg.init_kandinsky3:
+        from .loaders import _k3_unet_dir, kandinsky3_config
+        ucfg = kandinsky3_config(_k3_unet_dir(Path(cfg.init_kandinsky3)))
+    rows = variant_table(cfg.preset, list(cfg.variants), device="meta", unet_config=ucfg)
+    files = files_to_read(cfg)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    bs = p.train.video_batch_size
+    lines = [f"parameters ({cfg.preset}, {p.frames} keyframes of {p.size}x{p.size} latents):"]
+    lines += [f"  {r['name']:<22} total {r['params_total']:>15,}  temporal {r['params_temporal']:>15,}  "
+              f"{r['gflops']:,.1f} GFLOPs / forward" for r in rows]
+    lines += ["", "files read:"] + [f"  {f}" for f in files]
+    memory = {}
+    for v in cfg.variants:
+        with torch.device("meta"):
+            img = KeyframeUNet(dataclasses.replace(ucfg, variant="Spatial"))
+            unet = img if v == "Spatial" else inflate(img, v, train_spatial=p.train.train_spatial)
+        # as this suite's trainer holds them: every weight in fp32 (frozen ones too), bf16 autocast with --train-bf16
+        amp = torch.bfloat16 if cfg.train_bf16 else None
+        est = estimate_training_memory(unet, frames=p.frames, latent_size=p.size, batch=bs, world=world,
+                                       weight_dtype=torch.float32, autocast_dtype=amp)
+        memory[v] = est["gib"]
+        lines += ["", f"GPU memory per rank, fine-tuning {v} (batch {bs}, {world} rank(s)), estimate:",
+                  format_memory(est)]
+    report = {"parameters": rows, "files": files, "memory_per_rank_gib": memory,
+              "memory_setting": {"batch": bs, "frames": p.frames, "latent_size": p.size, "world": world,
+                                 "weights": "all fp32 (frozen too) + fp32 gradients, AdamW, EMA; compute "
+                                 + ("bf16 autocast" if cfg.train_bf16 else "fp32")}}
+    return report, "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------------------------- run
 def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
-    from .data.synthetic import build_benchmark, load_prompts, make_clip
-    from .harness import generate_prompt_set, init_distributed, load_prompt_table, load_samples
-    from .metrics.evaluators import load_or_train_evaluators
-    from .metrics.motion import MotionLabelCache
-    from .pipeline import KeyframePipeline
-    from .train import TrainData, Trainer
+    from .harness import generate_prompt_set, init_distributed, load_samples, sample_names
+    from .train import Trainer
 
     validate(cfg)
     t_start = time.perf_counter()
@@ -159,34 +282,25 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
                 timings[name] = time.perf_counter() - s.t
         return _T()
 
-    # 1. benchmark files and data ----------------------------------------------------------------------
-    data_cfg = p.synthetic_config()
-    with stage("benchmark"):
-        if dist.main:
-            build_benchmark(out / "benchmark", data_cfg)
-        dist.barrier()
-        prompts = load_prompt_table(cfg.prompts) if cfg.prompts else load_prompts(out / "benchmark" / "test.csv")
-        train_clips = [make_clip(i, data_cfg, "train") for i in range(data_cfg.n_train)]
-        clips = torch.stack([c.video for c in train_clips])
-        captions = [c.caption for c in train_clips]
-    with stage("motion labels"):
-        labels = MotionLabelCache(device=cfg.device).label_synthetic(data_cfg, "train", progress=cfg.progress)
-    data = TrainData(clips, captions, torch.as_tensor(labels, dtype=torch.float32))
+    # 1. the study's parts: data, labels, text, the image model, prompts, reference, detectors ----------------
+    inputs = prepare_inputs(cfg, p, out, dist, stage)
+    image, prompts = inputs.image, inputs.prompts
+    amp = torch.bfloat16 if cfg.train_bf16 else None
 
-    # 2. text-to-image pretraining (once, shared by every variant) --------------------------------------
-    torch.manual_seed(cfg.seed)
-    image = KeyframePipeline.from_preset(p)
-    with stage("image pretraining"):
-        tr = Trainer(image, "image", data, p.train, out / "image", progress=cfg.progress, device=cfg.device)
-        tr.fit()
-        image.load_state_dict(tr.ema_state_dict())     # inflate from the EMA weights
-    image.eval()
+    # 2. text-to-image pretraining (once, shared by every variant; skipped for Kandinsky 3.0) -----------------
+    if inputs.pretrain:
+        with stage("image pretraining"):
+            tr = Trainer(image, "image", inputs.data, p.train, out / "image", progress=cfg.progress,
+                         device=cfg.device, autocast_dtype=amp)
+            tr.fit()
+            image.load_state_dict(tr.ema_state_dict())     # inflate from the EMA weights
+    image.to(cfg.device).eval()
 
-    gen_kw = dict(frames=p.frames, size=p.size, samples_per_prompt=cfg.samples_per_prompt,
+    gen_kw = dict(frames=p.frames, size=inputs.size, samples_per_prompt=cfg.samples_per_prompt,
                   batch_size=p.eval.batch_size, base_seed=cfg.seed, dist=dist, progress=cfg.progress,
                   autocast_dtype=torch.bfloat16 if cfg.bf16 else None)
     rows_dirs: dict[str, Path] = {}
-    control_prompts = motion_control_prompts(prompts, labels, p.eval)
+    control_prompts = motion_control_prompts(prompts, inputs.labels, p.eval)
 
     # 3. each variant: inflate, fine-tune, generate ------------------------------------------------------
     for v in cfg.variants:
@@ -195,7 +309,8 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
         if cfg.compile:     # compiles forward in place; state_dict keys stay the same (no '_orig_mod.')
             pipe.unet.compile()
         with stage(f"{v}: fine-tune"):
-            tr = Trainer(pipe, "video", data, p.train, vdir, progress=cfg.progress, device=cfg.device)
+            tr = Trainer(pipe, "video", inputs.data, p.train, vdir, progress=cfg.progress, device=cfg.device,
+                         autocast_dtype=amp)
             tr.fit()
             pipe.load_state_dict(tr.ema_state_dict())
         pipe.eval()
@@ -209,8 +324,7 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
         rows_dirs[v] = vdir
         del pipe
     if cfg.include_untrained:
-        torch.manual_seed(cfg.seed + 1)
-        raw = KeyframePipeline.from_preset(p, "Conv1dAttn1dBlocks").to(cfg.device).eval()
+        raw = inputs.untrained().to(cfg.device).eval()
         udir = out / "variants" / UNTRAINED
         with stage("Untrained: generate"):
             generate_prompt_set(raw, prompts, udir, first_frames_dir=udir / "first_frames", **gen_kw)
@@ -221,23 +335,20 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
         return pd.DataFrame()
 
     # 4. evaluation ---------------------------------------------------------------------------------------
-    from .harness import sample_names
     samples = sample_names(prompts, cfg.samples_per_prompt)
     names, texts, requested = [x[0] for x in samples], [x[1] for x in samples], [x[3] for x in samples]
     requested = None if requested[0] is None else np.asarray(requested, dtype=np.float64)
-    with stage("evaluators"):
-        ev = load_or_train_evaluators(data_cfg, p.eval.evaluator_preset, progress=cfg.progress, device=cfg.device)
+    ev = None
+    if {"fvd_syn", "clipsim_syn", "attr_acc"} & set(inputs.metrics):
+        from .metrics.evaluators import load_or_train_evaluators
+        with stage("evaluators"):
+            ev = load_or_train_evaluators(inputs.data_cfg, p.eval.evaluator_preset, progress=cfg.progress,
+                                          device=cfg.device)
     from .metrics.motion import load_raft
     raft = load_raft(device=cfg.device)    # one RAFT for every row's motion columns and motion-control pairs
-    extra = range(len(clips), cfg.n_reference)   # the train clips already rendered, then more of the split
-    reference = torch.cat([clips[:cfg.n_reference]] + ([torch.stack([make_clip(i, data_cfg, "train").video
-                                                                      for i in extra])] if len(extra) else []))
     summaries: dict[str, dict] = {}
     real_dir = out / "variants" / REAL
-    real_videos = None
-    if not cfg.prompts:   # the synthetic test clips themselves, for the "Real clips" row
-        real_videos = torch.stack([make_clip(i, data_cfg, "test").video for i in range(len(prompts))])
-        real_videos = real_videos.repeat_interleave(cfg.samples_per_prompt, 0)
+    real_videos = inputs.real_videos
     for name, folder in list(rows_dirs.items()) + ([(REAL, real_dir)] if real_videos is not None else []):
         with stage(f"{name}: evaluate"):
             videos = real_videos if name == REAL else load_samples(folder, names)
@@ -246,20 +357,26 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
                 cnames = [s[0] for s in sample_names(control_prompts, cfg.samples_per_prompt)]
                 control = (load_samples(folder / CONTROL, cnames),
                            np.repeat(control_prompts.motion.to_numpy(np.float64), cfg.samples_per_prompt))
-            summaries[name] = evaluate_folder(folder, videos, names, texts, requested, reference, ev, p, cfg,
-                                              control, raft)
+            summaries[name] = evaluate_folder(folder, videos, names, texts, requested, inputs.reference, ev, p,
+                                              cfg, control, raft, metrics=inputs.metrics, detectors=inputs.detectors)
 
     # 5. table, figures, run.json -------------------------------------------------------------------------
     from .tables import build_table, write_figures, write_tables
     stats = {v: _train_stats(out / "variants" / v) for v in cfg.variants}
     from .variants import variant_table
     arch = {r["name"]: r for r in variant_table(cfg.preset, [v for v in cfg.variants] + ["Conv1dAttn1dBlocks"],
-                                                 device="meta")}
+                                                 device="meta", unet_config=image.unet.config,
+                                                 size=inputs.size,
+                                                 text_len=_text_len(image, prompts) if cfg.text_encoder else None)}
     table = build_table(summaries, arch, stats, order=list(cfg.variants) + [UNTRAINED, REAL])
-    protocol = {"N": len(names), "frames": p.frames, "resolution": p.size, "n_reference": cfg.n_reference,
+    protocol = {"N": len(names), "frames": p.frames, "resolution": inputs.size * image.codec.scale_factor,
+                "latent_resolution": inputs.size, "codec": image.codec.name, "n_reference": len(inputs.reference)
+                if isinstance(inputs.reference, torch.Tensor) else cfg.n_reference,
                 "detectors": {m["detector"]: m.get("detector_sha256") for s in summaries.values()
                               for m in s.get("metrics", {}).values() if isinstance(m, dict) and "detector" in m},
-                "evaluator_quality": ev.report.get("quality", ev.report)}
+                "untrained": inputs.untrained_note, **inputs.notes}
+    if ev is not None:
+        protocol["evaluator_quality"] = ev.report.get("quality", ev.report)
     write_tables(table, out, protocol)
     write_figures(table, out, {n: d for n, d in rows_dirs.items()}, names, real_videos)
     # a resumed run adds to the stage times of earlier invocations instead of replacing them with its own
@@ -280,6 +397,81 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
     return table
 
 
+def _text_len(image, prompts) -> int:
+    """Tokens the UNet sees for these prompts (for the GFLOPs column)."""
+    tokens, _ = image.encode_text(list(prompts.prompt[:8]))
+    return int(tokens.shape[1])
+
+
+def prepare_inputs(cfg: AblationConfig, p, out: Path, dist, stage):
+    """Resolve every part of the study (``study_inputs``): the offline default of each, or the real one given."""
+    from . import study_inputs as si
+    from .data.synthetic import load_prompts, make_clip
+    from .models.codec import load_codec
+    from .prompt_sets import describe_prompt_set, load_prompt_set
+
+    metrics = si.study_metrics(cfg)
+    codec = load_codec(cfg.codec, device=cfg.device)
+    notes: dict = {"prompt_set": describe_prompt_set(cfg.prompts, cfg.prompt_limit, cfg.samples_per_prompt)}
+    data_cfg = p.synthetic_config()
+    real_videos, latents = None, None
+    with stage("benchmark" if not cfg.data else "latents"):
+        if cfg.data:
+            data, labels, latents = si.real_data(cfg, p, out, codec, dist)
+            notes["training_data"] = {"source": cfg.data, "clips": len(latents), "skipped": latents.n_skipped,
+                                      "fps": cfg.fps, "skipped_list": str(out / "latents" / "skipped.csv")}
+        else:
+            data, labels = si.synthetic_data(cfg, p, out, dist)
+    if cfg.prompts:
+        prompts = load_prompt_set(cfg.prompts, cfg.prompt_limit)
+        if "motion" not in prompts.columns:
+            prompts = si.requested_motion(prompts, labels)
+            notes["requested_motion"] = "training labels' 10/50/90 % quantiles, cycled over the prompts"
+    else:
+        prompts = load_prompts(out / "benchmark" / "test.csv")
+        if cfg.prompt_limit:
+            prompts = prompts.head(cfg.prompt_limit).reset_index(drop=True)
+    if cfg.text_encoder:
+        with stage("text features"):
+            captions = list(data.captions) + list(prompts.prompt) + [""]
+            text_encoder = si.text_encoder_for(cfg, out, captions, dist)
+    else:
+        text_encoder = None        # the hashed-word encoder, built after the UNet from the same seed
+    torch.manual_seed(cfg.seed)
+    image, pretrain = si.image_pipeline(cfg, p, codec, text_encoder)
+    size = p.size
+
+    # the reference videos of FVD / FVD-syn, and the "Real clips" row (synthetic benchmark only)
+    if "fvd" in metrics:
+        with stage("reference videos"):
+            reference, skipped = si.read_reference(cfg.reference or cfg.data, p.frames, cfg.fps,
+                                                   size * codec.scale_factor, cfg.n_reference, cfg.progress)
+        notes["reference"] = {"source": cfg.reference or cfg.data, "videos": len(reference),
+                              "skipped": len(skipped), "fps": cfg.fps}
+    else:
+        reference = si.synthetic_reference(data, data_cfg, cfg.n_reference) if not cfg.data else None
+    if not cfg.prompts and not cfg.data and codec.scale_factor == 1:
+        real_videos = torch.stack([make_clip(i, data_cfg, "test").video for i in range(len(prompts))])
+        real_videos = real_videos.repeat_interleave(cfg.samples_per_prompt, 0)
+
+    def untrained():
+        torch.manual_seed(cfg.seed + 1)
+        if pretrain and not cfg.text_encoder and not cfg.codec:
+            from .pipeline import KeyframePipeline     # the suite's own models: exactly as before real parts
+            return KeyframePipeline.from_preset(p, "Conv1dAttn1dBlocks")
+        from .models.unet import KeyframeUNet
+        from .pipeline import KeyframePipeline
+        fresh = KeyframePipeline(KeyframeUNet(dataclasses.replace(image.unet.config, variant="Spatial")),
+                                 image.text_encoder, image.diffusion_cfg, image.null_embedding, image.codec)
+        fresh.unet.conventions = getattr(image.unet, "conventions", None)
+        return fresh.inflated("Conv1dAttn1dBlocks")
+    detectors = si.load_detectors(cfg, metrics, p.frames) if {"fvd", "clipsim"} & set(metrics) else {}
+    return si.StudyInputs(image=image, pretrain=pretrain, data=data, labels=np.asarray(labels), prompts=prompts,
+                          reference=reference, metrics=metrics, size=size, untrained=untrained,
+                          untrained_note="random-init Conv1dAttn1dBlocks of the same widths, never trained",
+                          real_videos=real_videos, data_cfg=data_cfg, detectors=detectors, notes=notes)
+
+
 def motion_control_prompts(prompts: pd.DataFrame, labels, ecfg) -> pd.DataFrame | None:
     """The paired motion-control set: the first ``ecfg.motion_control_prompts`` prompts, each requesting the
     other end of the training motion range (the high quantile if its own request is below the median label,
@@ -295,7 +487,7 @@ def motion_control_prompts(prompts: pd.DataFrame, labels, ecfg) -> pd.DataFrame 
 
 
 def evaluate_folder(folder: Path, videos, names, texts, requested, reference, ev, p, cfg, control=None,
-                    raft=None) -> dict:
+                    raft=None, metrics=None, detectors=None) -> dict:
     """Evaluate one row's videos (cached in ``folder/summary.json`` keyed by the videos' content hash).
 
     ``control``: (videos, requested) of the paired motion-control set, aligned with the first videos of the row.
@@ -312,10 +504,12 @@ def evaluate_folder(folder: Path, videos, names, texts, requested, reference, ev
         old = json.loads(summ_path.read_text())
         if old.get("videos_sha256") == digest:
             return old
+    detectors = detectors or {}
     per_video, summary = evaluate_videos(videos, texts, requested_motion=requested, reference_videos=reference,
                                          evaluators=ev, names=names, raft=raft, device=cfg.device,
-                                         progress=cfg.progress,
-                                         n_boot=p.eval.bootstrap)
+                                         progress=cfg.progress, n_boot=p.eval.bootstrap,
+                                         metrics=metrics or ("fvd_syn", "clipsim_syn", "attr_acc", "motion"),
+                                         i3d=detectors.get("i3d"), clip=detectors.get("clip"))
     if control is not None and requested is not None:
         from .metrics.agreement import motion_control
         from .metrics.motion import motion_score

@@ -167,7 +167,7 @@ def generate_prompt_set(pipe, prompts: pd.DataFrame, out_dir: str | Path, *, fra
                 first = first_frames(image_pipe or pipe, list(names), list(texts), seeds, Path(first_frames_dir),
                                      size, steps)
             mot = None if motion[0] is None else list(motion)
-            vids = pipe.generate(list(texts), seeds, mot, frames=frames, size=size, first_frames01=first,
+            vids = pipe.generate(list(texts), seeds, mot, frames=frames, size=size, first_latents=first,
                                  steps=steps)
         for s, v in zip(chunk, vids.float()):
             if not done(s):
@@ -180,7 +180,8 @@ def generate_prompt_set(pipe, prompts: pd.DataFrame, out_dir: str | Path, *, fra
 
 def first_frames(image_pipe, names: list[str], prompts: list[str], seeds: list[int], folder: Path, size: int,
                  steps: int | None) -> torch.Tensor:
-    """First frames (B, 3, H, W) in [0, 1] from the text-to-image mode, cached as float32 npz per sample.
+    """First frames (B, C, h, w) in the codec's space from the text-to-image mode, cached as float32 npz per sample
+    (key ``latent``; files of earlier versions hold pixels in [0, 1] under ``frame`` and are encoded on reading).
 
     If any is missing the whole batch is generated (and only the missing ones written), for the reason given in
     ``generate_prompt_set``: the same company, the same pixels.
@@ -192,11 +193,14 @@ def first_frames(image_pipe, names: list[str], prompts: list[str], seeds: list[i
         gens = [torch.Generator().manual_seed(int(s) ^ 0x5EED) for s in seeds]
         imgs = image_pipe.generate_images(list(prompts), gens, size, steps)
         for i in missing:
-            atomic_save_npz(paths[i], frame=((imgs[i].float().cpu() + 1) / 2).clamp(0, 1).numpy())
+            atomic_save_npz(paths[i], latent=imgs[i].float().cpu().numpy())
     out = []
     for p in paths:
         with np.load(p) as z:
-            out.append(torch.from_numpy(z["frame"]))
+            if "latent" in z.files:
+                out.append(torch.from_numpy(z["latent"]))
+            else:
+                out.append(image_pipe.encode(torch.from_numpy(z["frame"])[None]).cpu()[0])
     return torch.stack(out).to(image_pipe.device)
 
 

@@ -8,6 +8,10 @@ the Kandinsky Video release projects first, zeroes the projected padding, and us
 Generation projects every text once and passes the projected tokens to the UNet (``text_projected=True``), so
 conditional and unconditional rows of any convention share one batch.
 
+Latent space: the pipeline holds a ``codec`` (``models/codec.py``): ``PixelCodec`` (x -> 2x - 1, the CPU default) or
+Kandinsky 3.0's MoVQ. The losses take ``x0`` already in that space (the trainer encodes, or reads cached latents),
+and generation decodes with it, so the same pipeline trains in pixels on a laptop and in MoVQ latents on GPUs.
+
 Generation is seeded per sample: ``sample_seed(prompt, index, base_seed)`` gives each sample its own generator, and
 every random draw of that sample (first-frame noise, its noise augmentation, keyframe noise) comes from it in a fixed
 order. A sample therefore does not depend on the batch it was generated in.
@@ -20,7 +24,7 @@ import torch
 from torch import nn
 
 from .config import DiffusionConfig, Preset
-from .diffusion import Diffusion, cfg_combine, from_model, three_way_combine, to_model
+from .diffusion import Diffusion, cfg_combine, three_way_combine
 from .loaders import Conventions
 from .models.text import TextEncoder, cut_context
 from .models.unet import KeyframeUNet, inflate
@@ -32,9 +36,15 @@ def sample_seed(prompt: str, index: int, base_seed: int = 0) -> int:
 
 class KeyframePipeline(nn.Module):
     def __init__(self, unet: KeyframeUNet, text_encoder: nn.Module, diffusion_cfg: DiffusionConfig,
-                 null_embedding: torch.Tensor | None = None):
+                 null_embedding: torch.Tensor | None = None, codec: nn.Module | None = None):
         super().__init__()
+        from .models.codec import PixelCodec
         self.unet = unet
+        # not a registered submodule: its (frozen, foreign) weights stay out of the pipeline's checkpoints
+        object.__setattr__(self, "codec", codec if codec is not None else PixelCodec())
+        if self.codec.latent_channels != unet.config.in_channels:
+            raise ValueError(f"the codec ({self.codec.name}) gives {self.codec.latent_channels}-channel latents but "
+                             f"the UNet takes {unet.config.in_channels} channels")
         self.text_encoder = text_encoder
         self.diffusion_cfg = diffusion_cfg
         self.diffusion = Diffusion(diffusion_cfg)
@@ -54,7 +64,7 @@ class KeyframePipeline(nn.Module):
     def inflated(self, variant: str, train_spatial: bool = False) -> "KeyframePipeline":
         """A new pipeline whose UNet is this (image) UNet inflated; the text encoder is shared and frozen."""
         vid = KeyframePipeline(inflate(self.unet, variant, train_spatial=train_spatial), self.text_encoder,
-                               self.diffusion_cfg, self.null_embedding)      # the deep copy keeps .conventions
+                               self.diffusion_cfg, self.null_embedding, self.codec)   # the deep copy keeps .conventions
         for p in vid.text_encoder.parameters():
             p.requires_grad_(train_spatial)
         return vid
@@ -93,9 +103,22 @@ class KeyframePipeline(nn.Module):
         return torch.cat([cond, null]), torch.cat([mask, null_mask])
 
     # -------------------------------------------------------------------------------------------- losses
-    def image_loss(self, frames01: torch.Tensor, captions: list[str], generator: torch.Generator | None = None):
-        """Text-to-image loss on single frames (B, 3, H, W): the image model is a UNet called with T = 1."""
-        x0 = to_model(frames01)[:, :, None]                                    # (b, c, h, w) -> (b, c, 1, h, w)
+    def forward(self, mode: str, x0: torch.Tensor, captions: list[str], motion: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """The training loss of ``mode`` ('image' | 'video'): the pipeline's forward, so that
+        ``DistributedDataParallel(pipe)`` covers every trainable weight (UNet and text encoder alike)."""
+        if mode == "image":
+            return self.image_loss(x0, captions, generator)
+        return self.video_loss(x0, captions, motion, generator)
+
+    def encode(self, video01: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1] (B, 3, [T,] H, W) -> the codec's latents: what the losses take as ``x0``."""
+        return self.codec.encode(video01.to(self.device))
+
+    def image_loss(self, x0: torch.Tensor, captions: list[str], generator: torch.Generator | None = None):
+        """Text-to-image loss on single frames ``x0`` (B, C, h, w) in the codec's space (``encode``): the image
+        model is the UNet called with T = 1."""
+        x0 = x0[:, :, None]                                                    # (b, c, h, w) -> (b, c, 1, h, w)
         captions = self._drop_text(captions, generator)
         text, mask = self.encode_text(captions)
         t = self.diffusion.sample_t(x0.shape[0], generator).to(x0.device)
@@ -103,13 +126,13 @@ class KeyframePipeline(nn.Module):
         out = self.unet(self.diffusion.q_sample(x0, t, noise), t, text, mask)
         return self.diffusion.loss(out, x0, t, noise)
 
-    def video_loss(self, clips01: torch.Tensor, captions: list[str], motion: torch.Tensor,
+    def video_loss(self, x0: torch.Tensor, captions: list[str], motion: torch.Tensor,
                    generator: torch.Generator | None = None):
-        """Keyframe loss with KV 1.1 conditioning: the clip's first frame, noise-augmented to a random level
-        (passed as a condition), is concatenated on channels; the motion score label is a condition too."""
+        """Keyframe loss with KV 1.1 conditioning on clips ``x0`` (B, C, T, h, w) in the codec's space: the clip's
+        first frame, noise-augmented to a random level (passed as a condition), is concatenated on channels; the
+        motion score label is a condition too."""
         cfg = self.diffusion_cfg
-        B = clips01.shape[0]
-        x0 = to_model(clips01)
+        B = x0.shape[0]
         captions = self._drop_text(captions, generator)
         text, mask = self.encode_text(captions)
         level = torch.randint(0, cfg.noise_aug_max + 1, (B,), generator=generator)
@@ -137,7 +160,8 @@ class KeyframePipeline(nn.Module):
     @torch.no_grad()
     def generate_images(self, prompts: list[str], generators: list[torch.Generator], size: int,
                         steps: int | None = None) -> torch.Tensor:
-        """Text-to-image mode with classifier-free guidance; returns (B, 3, H, W) in [-1, 1]."""
+        """Text-to-image mode with classifier-free guidance; returns latents (B, C, h, w) in the codec's space
+        (pixels: [-1, 1]); ``size`` is the latent size."""
         B, dev = len(prompts), self.device
         text, mask = self.encode_prompts_and_null(prompts)
         w = self.diffusion_cfg.guidance_text
@@ -153,22 +177,28 @@ class KeyframePipeline(nn.Module):
     @torch.no_grad()
     def generate(self, prompts: list[str], seeds: list[int], motion: torch.Tensor | list[float] | None,
                  frames: int, size: int, first_frames01: torch.Tensor | None = None, steps: int | None = None,
-                 progress: bool = False) -> torch.Tensor:
-        """Text-to-video as in KV 1.1. Returns videos (B, 3, T, H, W) in [0, 1].
+                 progress: bool = False, first_latents: torch.Tensor | None = None,
+                 decode: bool = True) -> torch.Tensor:
+        """Text-to-video as in KV 1.1. Returns videos (B, 3, T, H, W) in [0, 1] (``decode=False``: the latents).
+        ``size`` is the latent size (pixels: the video size).
 
-        1. the first frame by the text-to-image mode (unless ``first_frames01`` is given: image-to-video);
+        1. the first frame by the text-to-image mode (unless ``first_frames01`` pixels or ``first_latents`` are
+           given: image-to-video);
         2. its noise augmentation at ``noise_aug_level``, the level passed as a condition;
         3. the keyframes conditioned on it with three-way guidance [text+image, image, nothing].
         """
         cfg, dev, B = self.diffusion_cfg, self.device, len(prompts)
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        if first_frames01 is None:
-            first = self.generate_images(prompts, gens, size, steps)
+        if first_latents is not None:
+            first = first_latents.to(dev)
+        elif first_frames01 is not None:
+            first = self.encode(first_frames01)
         else:
-            first = to_model(first_frames01.to(dev))
+            first = self.generate_images(prompts, gens, size, steps)
         if self.unet.video_in_conv is None:  # a bare text-to-image model: every frame independently
             frames_out = [first] + [self.generate_images(prompts, gens, size, steps) for _ in range(frames - 1)]
-            return from_model(torch.stack(frames_out, dim=2))
+            x = torch.stack(frames_out, dim=2)
+            return self.codec.decode(x) if decode else x
         level = torch.full((B,), float(cfg.noise_aug_level), device=dev)
         first_aug = self.diffusion.augment_first_frame(first, level, gens)
         motion_t = torch.zeros(B) if motion is None else torch.as_tensor(motion, dtype=torch.float32).reshape(B)
@@ -200,4 +230,4 @@ class KeyframePipeline(nn.Module):
 
         x = self.diffusion.sample(denoise, (B, self.unet.config.in_channels, frames, size, size), gens, dev,
                                   steps=steps, progress=progress)
-        return from_model(x)
+        return self.codec.decode(x) if decode else x

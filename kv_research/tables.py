@@ -16,6 +16,8 @@ from .utils import atomic_write_bytes, atomic_write_text
 
 # column -> (path in the evaluation summary, better direction)
 METRICS = {
+    "FVD": (("metrics", "fvd"), "lower"),
+    "CLIPSIM": (("metrics", "clipsim"), "higher"),
     "FVD-syn": (("metrics", "fvd_syn"), "lower"),
     "CLIPSIM-syn": (("metrics", "clipsim_syn"), "higher"),
     "attr acc": (("metrics", "attr_acc"), "higher"),
@@ -90,11 +92,22 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
 
 def protocol_lines(protocol: dict) -> list[str]:
     det = "; ".join(f"{k}: sha256 {str(v)[:16]}" for k, v in protocol.get("detectors", {}).items())
-    return [f"N = {protocol.get('N')} generated videos per row, {protocol.get('frames')} frames at "
-            f"{protocol.get('resolution')}x{protocol.get('resolution')} px; FVD-syn reference: "
-            f"{protocol.get('n_reference')} real clips of the train split.",
-            f"Detectors: {det or 'see run.json'}.",
-            "Intervals: 95 % bootstrap over videos."]
+    ref = protocol.get("reference")
+    ref_line = (f"FVD reference: {ref['videos']} real videos of {ref['source']} ({ref['skipped']} unusable skipped)"
+                if ref else f"FVD-syn reference: {protocol.get('n_reference')} real clips of the train split")
+    lines = [f"N = {protocol.get('N')} generated videos per row, {protocol.get('frames')} frames at "
+             f"{protocol.get('resolution')}x{protocol.get('resolution')} px; {ref_line}."]
+    ps = protocol.get("prompt_set") or {}
+    if ps.get("rule"):
+        lines.append(f"Prompts: {ps['rule']}; {ps.get('samples_per_prompt')} video(s) per prompt"
+                     + (f", first {ps['limit']} prompts" if ps.get("limit") else "") + ".")
+    td = protocol.get("training_data")
+    if td:
+        lines.append(f"Training data: {td['clips']} clips of {td['source']} at {td['fps']} fps "
+                     f"({td['skipped']} skipped, listed in {Path(td['skipped_list']).name}).")
+    if protocol.get("codec") and protocol.get("codec") != "pixels":
+        lines.append(f"Codec: {protocol['codec']} ({protocol.get('latent_resolution')} px latents).")
+    return lines + [f"Detectors: {det or 'see run.json'}.", "Intervals: 95 % bootstrap over videos."]
 
 
 def write_tables(table: pd.DataFrame, out: str | Path, protocol: dict, stem: str = "ablate_blocks") -> None:
@@ -104,8 +117,9 @@ def write_tables(table: pd.DataFrame, out: str | Path, protocol: dict, stem: str
     paper = pd.DataFrame(PAPER_TABLE1)
     md = [f"# Temporal block ablation ({stem})", "", *protocol_lines(protocol), "",
           disp.to_markdown(index=False), "",
-          "Untrained = random-init Conv1dAttn1dBlocks, never trained. Real clips = the benchmark's own test clips "
-          "(the best a model can score with these evaluators and this N).",
+          f"Untrained = {protocol.get('untrained', 'random-init Conv1dAttn1dBlocks, never trained')}."
+          + (" Real clips = the benchmark's own test clips (the best a model can score with these evaluators and "
+             "this N)." if "reference" not in protocol else ""),
           "motion control = fraction of prompts whose measured motion moved in the requested direction when the "
           "same prompt, seed and first frame were generated again with the requested score at the other end of the "
           "training range (0.5 = the condition is ignored; ties count 1/2); motion gain = mean measured change per "

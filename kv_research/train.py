@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -24,7 +25,10 @@ from .utils import atomic_write_json, atomic_write_text
 
 @dataclass
 class TrainData:
-    """Clips (N, 3, T, H, W) in [0, 1], their captions and motion-score labels (N,)."""
+    """Clips (N, 3, T, H, W) in [0, 1] held in memory, their captions and motion-score labels (N,).
+
+    ``draw`` is the one interface the trainer uses (``LatentTrainData`` has it too): a batch in the codec's space.
+    """
     clips: torch.Tensor
     captions: list[str]
     motion: torch.Tensor
@@ -34,14 +38,60 @@ class TrainData:
             raise ValueError(f"TrainData sizes differ: {len(self.clips)} clips, {len(self.captions)} captions, "
                              f"{len(self.motion)} motion labels")
 
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def draw(self, mode: str, batch_size: int, g: torch.Generator, encode) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+        idx = torch.randint(0, len(self), (batch_size,), generator=g)
+        if mode == "image":
+            frame = torch.randint(0, self.clips.shape[2], (batch_size,), generator=g)
+            x = self.clips[idx, :, frame]                                    # (b, c, h, w)
+        else:
+            x = self.clips[idx]                                              # (b, c, t, h, w)
+        return encode(x), [self.captions[i] for i in idx.tolist()], self.motion[idx]
+
+
+class LatentTrainData:
+    """Real clips from a latent cache (``data.real.open_latent_cache``): each draw picks clips uniformly, then a
+    window of ``frames`` keyframes at a uniformly random start (the paper: 16 keyframes at 2 fps, random start)
+    and that window's own motion label; image mode picks one random keyframe of a random clip."""
+
+    def __init__(self, latents, frames: int):
+        short = [i for i, n in enumerate(latents.lengths) if n < frames]
+        if short:
+            raise ValueError(f"{len(short)} cached clips have fewer than {frames} keyframes "
+                             f"(e.g. {latents.clip_ids[short[0]]}); rebuild the cache with frames={frames}")
+        if len(latents) == 0:
+            raise ValueError("the latent cache holds no clips")
+        self.latents, self.frames = latents, frames
+        self.captions = latents.captions
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def draw(self, mode: str, batch_size: int, g: torch.Generator, encode=None):
+        idx = torch.randint(0, len(self), (batch_size,), generator=g).tolist()
+        lens = self.latents.lengths
+        if mode == "image":
+            ks = [int(torch.randint(0, lens[i], (1,), generator=g)) for i in idx]
+            x = torch.stack([self.latents.window(i, k, 1)[:, 0] for i, k in zip(idx, ks)])      # (b, c, h, w)
+            motion = torch.zeros(batch_size)
+        else:
+            starts = [int(torch.randint(0, lens[i] - self.frames + 1, (1,), generator=g)) for i in idx]
+            x = torch.stack([self.latents.window(i, s, self.frames) for i, s in zip(idx, starts)])  # (b, c, t, h, w)
+            motion = torch.tensor([self.latents.window_motion(i, s, self.frames) for i, s in zip(idx, starts)],
+                                  dtype=torch.float32)
+        return x, [self.captions[i] for i in idx], motion
+
 
 def ema_decay(step: int, cfg: TrainConfig) -> float:
     return min(cfg.ema_max_decay, 1 - (1 + step) ** -cfg.ema_power)
 
 
 class Trainer:
-    def __init__(self, pipe, mode: str, data: TrainData, cfg: TrainConfig, run_dir: str | Path,
-                 steps: int | None = None, progress: bool = True, device: str | torch.device = "cpu"):
+    def __init__(self, pipe, mode: str, data: TrainData | LatentTrainData, cfg: TrainConfig, run_dir: str | Path,
+                 steps: int | None = None, progress: bool = True, device: str | torch.device = "cpu",
+                 autocast_dtype: torch.dtype | None = None):
         if mode not in ("image", "video"):
             raise ValueError(f"mode must be 'image' or 'video', got {mode!r}")
         self.pipe, self.mode, self.data, self.cfg = pipe.to(device), mode, data, cfg
@@ -49,6 +99,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.steps = steps if steps is not None else (cfg.image_steps if mode == "image" else cfg.video_steps)
         self.progress = progress
+        self.autocast_dtype = autocast_dtype     # bf16 autocast of the forward (GPU practice); weights stay fp32
         self.params = {n: p for n, p in pipe.named_parameters() if p.requires_grad}
         if not self.params:
             raise ValueError("nothing to train: every parameter is frozen")
@@ -56,11 +107,20 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.params.values(), lr=lr, weight_decay=cfg.weight_decay)
         self.ema = {n: p.detach().clone() for n, p in self.params.items()}
         self.step = 0
+        self._losses: list[float] = []       # losses of the logging window not yet written to stats.jsonl
         self.ckpt = self.run_dir / "checkpoints" / "last.safetensors"
         self.stats_path = self.run_dir / "stats.jsonl"
         dist = torch.distributed
         self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self.rank = dist.get_rank() if self.world > 1 else 0
+        # data parallel under torchrun: DistributedDataParallel averages the gradients over ranks (each rank draws
+        # its own batch) and overlaps the all-reduce with the backward pass; the pipeline's forward is its loss
+        self.model = pipe
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+                if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(pipe, device_ids=ids, find_unused_parameters=True)
 
     # ----------------------------------------------------------------------------------------------- state
     def resume(self) -> bool:
@@ -73,6 +133,7 @@ class Trainer:
         if opt_path.is_file():
             self.opt.load_state_dict(torch.load(opt_path, map_location=self.device, weights_only=True))
         self.step = int(meta["step"])
+        self._losses = [float(x) for x in meta.get("window_losses", [])]
         if self.stats_path.is_file():  # drop stats logged after the checkpoint; they will be logged again
             lines = [ln for ln in self.stats_path.read_text().splitlines()
                      if ln.strip() and json.loads(ln)["step"] <= self.step]
@@ -82,7 +143,10 @@ class Trainer:
     def save(self) -> None:
         if self.rank != 0:      # every rank holds the same weights; one writes them
             return
+        # the losses of the open logging window travel with the checkpoint, so that a resumed run logs the same
+        # window means (and the table the same final loss) as an uninterrupted one
         save_checkpoint(self.ckpt, self.pipe, self.ema, extra={"step": self.step, "mode": self.mode,
+                                                               "window_losses": list(self._losses),
                                                                "steps": self.steps})
         buf = self.ckpt.with_suffix(".optim.pt")
         tmp = buf.with_name(f".{buf.name}.tmp")
@@ -97,31 +161,19 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ loop
     def batch(self, step: int):
         g = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + step) * self.world + self.rank)
-        n = len(self.data.clips)
-        if self.mode == "image":
-            idx = torch.randint(0, n, (self.cfg.batch_size,), generator=g)
-            frame = torch.randint(0, self.data.clips.shape[2], (self.cfg.batch_size,), generator=g)
-            x = self.data.clips[idx, :, frame]                               # (b, c, h, w)
-        else:
-            idx = torch.randint(0, n, (self.cfg.video_batch_size,), generator=g)
-            x = self.data.clips[idx]                                         # (b, c, t, h, w)
-        caps = [self.data.captions[i] for i in idx.tolist()]
-        return x.to(self.device), caps, self.data.motion[idx].to(self.device), g
+        bs = self.cfg.batch_size if self.mode == "image" else self.cfg.video_batch_size
+        x0, caps, motion = self.data.draw(self.mode, bs, g, self.pipe.encode)
+        return x0.to(self.device), caps, motion.to(self.device), g
 
     def train_step(self, step: int) -> float:
         x, caps, motion, g = self.batch(step)
         self.pipe.train()
-        if self.mode == "image":
-            loss = self.pipe.image_loss(x, caps, g)
-        else:
-            loss = self.pipe.video_loss(x, caps, motion, g)
+        ctx = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
+               else contextlib.nullcontext())
+        with ctx:
+            loss = self.model(self.mode, x, caps, motion, g).float()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        if self.world > 1:   # data parallel under torchrun: average gradients over ranks (each saw its own batch)
-            for prm in self.params.values():
-                if prm.grad is not None:
-                    torch.distributed.all_reduce(prm.grad)
-                    prm.grad /= self.world
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params.values(), self.cfg.grad_clip)
         self.opt.step()
@@ -140,7 +192,8 @@ class Trainer:
                                                             "world_size": self.world, "train": self.cfg})
         bar = tqdm(total=self.steps, initial=self.step, desc=f"train {self.mode}", disable=not self.progress)
         per_item = self.cfg.batch_size if self.mode == "image" else self.cfg.video_batch_size
-        losses, t0, done, start = [], time.perf_counter(), 0, self.step
+        t0, done, start = time.perf_counter(), 0, self.step
+        losses = self._losses
         while self.step < self.steps:
             losses.append(self.train_step(self.step))
             self.step += 1
@@ -154,7 +207,8 @@ class Trainer:
                     with open(self.stats_path, "a") as f:
                         f.write(json.dumps(rec) + "\n")
                 bar.set_postfix(loss=f"{rec['loss']:.4f}")
-                losses, t0 = [], time.perf_counter()
+                losses.clear()
+                t0 = time.perf_counter()
             if self.step % self.cfg.ckpt_every == 0 or self.step == self.steps:
                 self.save()
             if stop_after is not None and done >= stop_after:

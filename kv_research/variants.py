@@ -26,18 +26,23 @@ from .models.temporal import VARIANTS
 from .models.unet import KeyframeUNet, inflate
 
 
-def variant_table(preset: str = "quick", variants: list[str] | None = None, device: str = "meta") -> list[dict]:
+def variant_table(preset: str = "quick", variants: list[str] | None = None, device: str = "meta",
+                  unet_config=None, size: int | None = None, text_len: int | None = None) -> list[dict]:
+    """Parameters and GFLOPs of each variant at the preset's frames and size; ``unet_config`` / ``size`` /
+    ``text_len`` replace the preset's (e.g. a loaded Kandinsky 3.0's widths, latent size, cut token count)."""
+    import dataclasses
     p = get_preset(preset)
+    ucfg = dataclasses.replace(unet_config or p.unet, variant="Spatial")
     rows = []
     with torch.device(device):
-        img = KeyframeUNet(p.unet)
-    C, T, S, L = p.unet.in_channels, p.frames, p.size, p.text.max_len
+        img = KeyframeUNet(ucfg)
+    C, T, S, L = ucfg.in_channels, p.frames, size or p.size, text_len or p.text.max_len
     for name in variants or list(VARIANTS):
         model = img if name == "Spatial" else inflate(img, name)
         counts = model.parameter_counts()
         with torch.device(device):
             x = torch.zeros(1, C, T, S, S)
-            text = torch.zeros(1, L, p.unet.text_dim)
+            text = torch.zeros(1, L, ucfg.text_dim)
             mask = torch.ones(1, L, dtype=torch.bool)
             t = torch.zeros(1, dtype=torch.long)
             first = torch.zeros(1, C, S, S) if model.video_in_conv is not None else None

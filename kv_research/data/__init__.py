@@ -1,4 +1,5 @@
-"""Data: the embedded synthetic text-to-video benchmark (``synthetic``) and real-video loading (``video``, PyAV).
+"""Data: the embedded synthetic text-to-video benchmark (``synthetic``), real-video loading (``video``, PyAV) and
+captioned real video sets with a resumable latent cache for training (``real``).
 
 Names are resolved lazily (PEP 562): ``from kv_research.data import make_clip`` does not import PyAV, and
 ``python -m kv_research.data.synthetic`` runs without the package having imported the module first.
@@ -13,7 +14,10 @@ _EXPORTS = {name: "synthetic" for name in (
     "make_clip", "clip_id", "nominal_motion_score", "prompt_motion_score", "collate_clips", "build_benchmark", "load_prompts")}
 _EXPORTS.update({name: "video" for name in (
     "read_video", "sample_indices", "save_video", "to_uint8", "VideoDecodeError", "VideoTooShortError",
-    "VideoFolderDataset", "UCF101Dataset", "camel_to_words", "VIDEO_EXTENSIONS")})
+    "VideoFolderDataset", "UCF101Dataset", "camel_to_words", "parse_seconds", "VIDEO_EXTENSIONS")})
+_EXPORTS.update({name: "real" for name in (
+    "CaptionedClip", "ClipList", "list_captioned_videos", "make_clip_id", "KeyframeConfig", "read_keyframes",
+    "build_latent_cache", "open_latent_cache", "LatentClipSet", "CacheMismatchError")})
 
 __all__ = sorted(_EXPORTS)
 

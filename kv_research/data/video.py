@@ -13,6 +13,12 @@
    frame time, the frame whose time is nearest (ties to the earlier; frames repeat when f exceeds the native
    rate); neither: every frame. ``num_frames=n`` then keeps the first n samples and raises
    ``VideoTooShortError`` if there are fewer (clips are never padded: padding would fake stillness).
+   ``start``/``end`` (seconds, measured from the first frame, like ``info["times"]``) first restrict the
+   frames to those with start <= time <= end (1 us tolerance, so a frame stored at 0.9999999 s counts as 1 s);
+   stride then counts from the first kept frame and fps targets are start, start + 1/f, ... (not 0, 1/f, ...),
+   so a trimmed clip samples the same grid wherever it sits in the file. No frame in the window raises
+   ``VideoTooShortError``. The window is applied to frame times only: decoding still starts at the file's
+   first packet (no seeking), which keeps one decoding path for all files at the cost of decoding the head.
 4. **Rotation.** A display-matrix rotation (``frame.rotation``, counter-clockwise degrees) is applied, so
    ``decord_rotated_90.mov`` (stored 568x320, rotation -90) comes out 320 wide and 568 high, upright.
 5. **Resize + crop.** ``size=None``: native resolution. ``size=S`` (int): the short side becomes S (long side
@@ -44,7 +50,7 @@ from tqdm.auto import tqdm
 from kv_research.utils import atomic_save_npz, atomic_write_bytes
 
 __all__ = ["VideoDecodeError", "VideoTooShortError", "read_video", "sample_indices", "save_video", "to_uint8",
-           "VideoFolderDataset", "UCF101Dataset", "camel_to_words", "VIDEO_EXTENSIONS"]
+           "VideoFolderDataset", "UCF101Dataset", "camel_to_words", "parse_seconds", "VIDEO_EXTENSIONS"]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v", ".mpg", ".mpeg", ".npz")
 
@@ -62,12 +68,33 @@ class VideoTooShortError(VideoDecodeError):
 
 
 # ----------------------------------------------------------------------------------------------- sampling
+_WINDOW_EPS = 1e-6   # seconds; container time bases (1/90000, 1001/30000, ...) put frames a few ulps off
+
+
 def sample_indices(times: np.ndarray, *, stride: int | None = None, fps: float | None = None,
-                   num_frames: int | None = None, path="<video>") -> np.ndarray:
-    """Indices of the frames to keep, given sorted frame times in seconds (policy step 3)."""
+                   num_frames: int | None = None, path="<video>", start: float | None = None,
+                   end: float | None = None) -> np.ndarray:
+    """Indices (into ``times``) of the frames to keep, given sorted frame times in seconds (policy step 3).
+
+    ``start``/``end`` are measured from ``times[0]``; without them the result is exactly the untrimmed policy.
+    """
     if stride is not None and fps is not None:
         raise ValueError("give either stride or fps, not both")
-    n = len(times)
+    lo = 0.0 if start is None else float(start)
+    hi = np.inf if end is None else float(end)
+    if lo < 0 or np.isnan(lo) or np.isnan(hi):
+        raise ValueError(f"start must be a number >= 0 and end a number, got start={start}, end={end}")
+    if hi <= lo:
+        raise ValueError(f"start must be < end, got start={start}, end={end}")
+    t_all = np.asarray(times, dtype=np.float64) - times[0]
+    if start is None and end is None:
+        keep = np.arange(len(t_all))
+    else:
+        keep = np.flatnonzero((t_all >= lo - _WINDOW_EPS) & (t_all <= hi + _WINDOW_EPS))
+        if len(keep) == 0:
+            raise VideoTooShortError(path, f"no frames between start={lo:g} s and end={hi:g} s "
+                                           f"(frames span 0-{t_all[-1]:.3f} s)")
+    t, n = t_all[keep], len(keep)
     if stride is not None:
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
@@ -75,19 +102,21 @@ def sample_indices(times: np.ndarray, *, stride: int | None = None, fps: float |
     elif fps is not None:
         if fps <= 0:
             raise ValueError(f"fps must be > 0, got {fps}")
-        t = np.asarray(times, dtype=np.float64) - times[0]
-        targets = np.arange(int(np.floor(t[-1] * fps + 1e-6)) + 1) / fps
+        targets = lo + np.arange(max(0, int(np.floor((t[-1] - lo) * fps + 1e-6))) + 1) / fps
         right = np.clip(np.searchsorted(t, targets), 1, max(n - 1, 1))
         left = right - 1
-        idx = np.where(np.abs(t[right] - targets) < np.abs(t[left] - targets), right, left) if n > 1 else left * 0
+        # ties go to the earlier frame; 1 ns of slack so that rounding (start + k/f) cannot break a tie
+        closer = np.abs(t[right] - targets) < np.abs(t[left] - targets) - 1e-9
+        idx = np.where(closer, right, left) if n > 1 else left * 0
     else:
         idx = np.arange(n)
     if num_frames is not None:
         if len(idx) < num_frames:
+            window = "" if start is None and end is None else f" in [{lo:g}, {hi:g}] s"
             raise VideoTooShortError(path, f"only {len(idx)} frames after sampling (stride={stride}, fps={fps}) "
-                                           f"from {n} decodable frames; {num_frames} needed")
+                                           f"from {n} decodable frames{window}; {num_frames} needed")
         idx = idx[:num_frames]
-    return idx
+    return keep[idx]
 
 
 def _target_size(h: int, w: int, size, crop) -> tuple[tuple[int, int], tuple[int, int] | None]:
@@ -117,8 +146,11 @@ def _center_crop(a: np.ndarray, hw) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- reading
 def read_video(path, num_frames: int | None = None, stride: int | None = None, fps: float | None = None,
-               size=None, crop="center", *, verify: bool = True, return_info: bool = False):
+               size=None, crop="center", *, start: float | None = None, end: float | None = None,
+               verify: bool = True, return_info: bool = False):
     """Decode ``path`` into a (3, T, H, W) float32 tensor in [0, 1] following the module's policy.
+
+    ``start``/``end``: keep only frames whose time (s, from the first frame) is in [start, end] (policy step 3).
 
     Raises ``VideoDecodeError`` (naming the file) for missing, unreadable, corrupt or too-short videos.
     ``return_info=True`` also returns a dict: native_fps, times (s, of the returned frames), decoded (count),
@@ -128,10 +160,10 @@ def read_video(path, num_frames: int | None = None, stride: int | None = None, f
     if not path.is_file():
         raise VideoDecodeError(path, "file not found")
     if path.suffix.lower() == ".npz":
-        frames, info = _read_npz(path, num_frames, stride, fps, size, crop)
+        frames, info = _read_npz(path, num_frames, stride, fps, size, crop, (start, end))
     else:
         try:
-            frames, info = _read_av(path, num_frames, stride, fps, size, crop, verify)
+            frames, info = _read_av(path, num_frames, stride, fps, size, crop, verify, (start, end))
         except VideoDecodeError:
             raise
         except (av.error.FFmpegError, OSError, EOFError) as e:   # FFmpegError covers InvalidDataError etc.
@@ -141,7 +173,7 @@ def read_video(path, num_frames: int | None = None, stride: int | None = None, f
     return (video, info) if return_info else video
 
 
-def _read_npz(path, num_frames, stride, fps, size, crop):
+def _read_npz(path, num_frames, stride, fps, size, crop, window=(None, None)):
     try:
         with np.load(path) as z:
             arr = z["video"]
@@ -153,7 +185,8 @@ def _read_npz(path, num_frames, stride, fps, size, crop):
     if fps is not None and native is None:
         raise VideoDecodeError(path, "fps sampling needs a stored 'fps' entry; use stride instead")
     times = np.arange(len(arr)) / (native or 1.0)
-    idx = sample_indices(times, stride=stride, fps=fps, num_frames=num_frames, path=path)
+    idx = sample_indices(times, stride=stride, fps=fps, num_frames=num_frames, path=path,
+                         start=window[0], end=window[1])
     arr = arr[idx]
     if size is not None:
         scaled, crop_hw = _target_size(arr.shape[1], arr.shape[2], size, crop)
@@ -165,7 +198,7 @@ def _read_npz(path, num_frames, stride, fps, size, crop):
                  "source_hw": tuple(arr.shape[1:3])}
 
 
-def _read_av(path, num_frames, stride, fps, size, crop, verify):
+def _read_av(path, num_frames, stride, fps, size, crop, verify, window=(None, None)):
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise VideoDecodeError(path, "no video stream")
@@ -182,7 +215,8 @@ def _read_av(path, num_frames, stride, fps, size, crop, verify):
         times = np.arange(len(pts)) / rate
     else:
         raise VideoDecodeError(path, "frames have no timestamps and the stream has no frame rate")
-    idx = sample_indices(times, stride=stride, fps=fps, num_frames=num_frames, path=path)
+    idx = sample_indices(times, stride=stride, fps=fps, num_frames=num_frames, path=path,
+                         start=window[0], end=window[1])
     wanted = {int(i) for i in idx}
     last_needed = int(idx.max()) if len(idx) else -1
     got: dict[int, np.ndarray] = {}
@@ -276,6 +310,8 @@ class _ClipList(torch.utils.data.Dataset):
     on_error='raise': clips are decoded lazily in __getitem__ and errors propagate (naming the file).
     on_error='skip': every file is decoded once up front (progress bar); failures are listed in ``skipped``
     as (path, reason) and left out, and the decoded clips are kept in memory as uint8.
+    An entry's ``extra`` may hold ``start``/``end`` (seconds): they trim that clip (read_video's window) and,
+    like every extra, are also returned in the item.
     """
 
     def __init__(self, entries: list[tuple[Path, str, dict]], *, num_frames=8, fps=None, stride=None, size=32,
@@ -289,11 +325,15 @@ class _ClipList(torch.utils.data.Dataset):
             kept, cache = [], []
             for e in tqdm(entries, desc="decoding videos", disable=not progress):
                 try:
-                    cache.append(to_uint8(read_video(e[0], **self.read_kw)))
+                    cache.append(to_uint8(self._read(e)))
                     kept.append(e)
                 except VideoDecodeError as err:
                     self.skipped.append((str(e[0]), err.reason))
             self.entries, self._cache = kept, cache
+
+    def _read(self, entry) -> torch.Tensor:
+        path, _, extra = entry
+        return read_video(path, **self.read_kw, start=extra.get("start"), end=extra.get("end"))
 
     @property
     def n_skipped(self) -> int:
@@ -307,7 +347,7 @@ class _ClipList(torch.utils.data.Dataset):
         if self._cache is not None:
             video = rearrange(torch.from_numpy(self._cache[index]).float() / 255, "t h w c -> c t h w")
         else:
-            video = read_video(path, **self.read_kw)
+            video = self._read(self.entries[index])
         return {"video": video, "caption": caption, "path": str(path), "index": index, **extra}
 
 
@@ -316,6 +356,9 @@ class VideoFolderDataset(_ClipList):
 
     Without ``captions_csv`` every video file directly in ``root`` is used, with an empty caption
     (e.g. a reference set for FVD). Items: dict(video (3,T,H,W), caption, path, index).
+    Optional columns ``start``/``end`` (seconds from the first frame; an empty cell = the clip's own start/end)
+    trim each clip; when present, items also carry ``start`` (float, 0.0 if empty) and ``end`` (float, inf if
+    empty), always numbers so that the default collate works.
     """
 
     def __init__(self, root, captions_csv=None, **kw):
@@ -327,9 +370,26 @@ class VideoFolderDataset(_ClipList):
             df = pd.read_csv(captions_csv, keep_default_na=False)
             if not {"path", "caption"} <= set(df.columns):
                 raise ValueError(f"{captions_csv}: needs columns 'path' and 'caption', found {list(df.columns)}")
-            entries = [((root / p) if not os.path.isabs(p) else Path(p), str(c), {})
-                       for p, c in zip(df["path"], df["caption"])]
+            window = [c for c in ("start", "end") if c in df.columns]
+            entries = []
+            for row, (p, c) in enumerate(zip(df["path"], df["caption"])):
+                extra = {}
+                for col in window:
+                    value = parse_seconds(df[col].iloc[row], f"{captions_csv} row {row + 2} column {col!r}")
+                    extra[col] = value if value is not None else (0.0 if col == "start" else float("inf"))
+                entries.append(((root / p) if not os.path.isabs(p) else Path(p), str(c), extra))
         super().__init__(entries, **kw)
+
+
+def parse_seconds(value, where: str = "value") -> float | None:
+    """A CSV cell -> seconds (float) or None for an empty cell / NaN; anything else raises ValueError(where)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected seconds, got {value!r}") from None
+    return None if np.isnan(x) else x
 
 
 _CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")

@@ -251,7 +251,14 @@ class T5TextEncoder(nn.Module):
     def identity(self) -> str:
         """What determines the features: keys the feature cache."""
         c = self.config
-        return f"t5:{c.path}:max_length={c.max_length}:dtype={c.dtype}"
+        return self.identity_for(c.path, c.max_length, c.dtype)
+
+    @staticmethod
+    def identity_for(path: str | Path, max_length: int = 128, dtype: str = "float32") -> str:
+        """``identity()`` of the encoder that ``T5TextEncoder(path, max_length, dtype)`` would load, without
+        loading it: a resumed study finds its cached features without reading 35 GB of T5 weights."""
+        dtype = str(_torch_dtype(dtype)).removeprefix("torch.")
+        return f"t5:{Path(path).expanduser().resolve()}:max_length={max_length}:dtype={dtype}"
 
     def train(self, mode: bool = True) -> "T5TextEncoder":
         super().train(mode)
