@@ -193,7 +193,7 @@ def first_frames(image_pipe, names: list[str], prompts: list[str], seeds: list[i
         gens = [torch.Generator().manual_seed(int(s) ^ 0x5EED) for s in seeds]
         imgs = image_pipe.generate_images(list(prompts), gens, size, steps)
         for i in missing:
-            atomic_save_npz(paths[i], latent=imgs[i].float().cpu().numpy())
+            atomic_save_npz(paths[i], latent=image_pipe.codec.project(imgs[i:i + 1].float()).cpu()[0].numpy())
     out = []
     for p in paths:
         with np.load(p) as z:

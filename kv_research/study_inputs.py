@@ -197,6 +197,9 @@ def image_pipeline(cfg, p, codec, text_encoder):
         if text_encoder is None or text_dim != unet.config.encoder_hid_dim:
             raise ValueError(f"{cfg.init_kandinsky3}: the UNet takes {unet.config.encoder_hid_dim}-d text tokens, "
                              f"the text encoder gives {text_dim}-d; pass --text-encoder with its T5")
+        # the widths are the checkpoint's; the video options and checkpointing are the study's (--set unet.*)
+        unet.config = dataclasses.replace(unet.config, **{k: getattr(p.unet, k) for k in (
+            "first_frame_cond", "noise_augmentation", "motion_conditioning", "checkpointing")})
         conv = unet.conventions
         diff = dataclasses.replace(p.diffusion, zero_terminal_snr=conv.zero_terminal_snr, prediction=conv.prediction)
         return KeyframePipeline(unet, text_encoder, diff, codec=codec), False

@@ -146,16 +146,23 @@ def test_pipeline_applies_the_release_conventions(kv_fixture):
             n = len(prompts)
             return io["t5_hidden"].expand(n, -1, -1), io["t5_mask"].bool().expand(n, -1)
 
+    from kv_research.models.codec import MoVQCodec
+    movq = MoVQCodec.from_release(folder / "movq.pt", fx["models"]["movq"]["params"])   # the release's image MoVQ
     pipe = KeyframePipeline(ck.unet, FixtureT5(), ck.conventions.diffusion_config(sample_steps=2),
-                            null_embedding=ck.null_embedding)
+                            null_embedding=ck.null_embedding, codec=movq)
     assert pipe.diffusion_cfg.guidance_text == 6.0          # the release's 5.0 in the (w + 1) convention
     text, mask = pipe.encode_prompts_and_null(["a", "b"])
     assert (text[:2] - io["context"]).abs().max() <= 1e-6
     assert torch.equal(text[2:, 0], ck.null_embedding.expand(2, -1)) and mask[2:].sum(1).tolist() == [1, 1]
     with pytest.raises(ValueError, match="null embedding"):
-        KeyframePipeline(ck.unet, FixtureT5(), pipe.diffusion_cfg)
-    video = pipe.generate(["a"], [0], [10.0], frames=2, size=16, steps=2)
-    assert video.shape == (1, 4, 2, 16, 16) and torch.isfinite(video).all()
+        KeyframePipeline(ck.unet, FixtureT5(), pipe.diffusion_cfg, codec=movq)
+    with pytest.raises(ValueError, match="3-channel latents but the UNet takes 4"):
+        KeyframePipeline(ck.unet, FixtureT5(), pipe.diffusion_cfg, null_embedding=ck.null_embedding)
+    latents = pipe.generate(["a"], [0], [10.0], frames=2, size=8, steps=2, decode=False)
+    assert latents.shape == (1, 4, 2, 8, 8) and torch.isfinite(latents).all()
+    video = pipe.generate(["a"], [0], [10.0], frames=2, size=8, steps=2)       # decoded by the MoVQ: pixels
+    assert video.shape == (1, 3, 2, 16, 16) and 0 <= video.min() and video.max() <= 1
+    assert torch.equal(video, movq.decode(latents))
 
 
 # ------------------------------------------------------------------------------------------- bad files

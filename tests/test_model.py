@@ -68,7 +68,10 @@ def test_image_mode_equals_image_model_even_after_training(smoke, variant):
     randomize_zero_outputs(vid)          # as if the temporal modules had been trained
     x1 = x[:, :, :1]
     with torch.no_grad():
-        assert torch.equal(vid(x1, t, text, mask), img(x1, t, text, mask))
+        # equal up to float rounding: inflate() deep-copies the weights, and on AMD EPYC even MKL_CBWR=AUTO,STRICT
+        # rounds matrix products differently with the operands' memory alignment (seen: 3.6e-7; exact with
+        # MKL_CBWR=COMPATIBLE); a temporal path leaking into image mode would be orders of magnitude larger
+        assert (vid(x1, t, text, mask) - img(x1, t, text, mask)).abs().max() <= 1e-6
         if kv.get_variant(variant).temporal:  # and video mode really uses the temporal modules now
             assert (vid(x, t, text, mask) - img(x, t, text, mask)).abs().max() > 1e-3
 

@@ -89,7 +89,8 @@ def study_args(parts, out, *extra):
             "--prompts", "ucf101", "--prompt-limit", "4", "--i3d", str(parts["weights"] / "i3d_torchscript.pt"),
             "--clip", str(parts["weights"] / "vit_b32_openai_open_clip_model.safetensors"),
             "--set", "train.video_steps=4", "--set", "train.ckpt_every=2", "--set", "eval.motion_control_prompts=4",
-            "--set", "diffusion.sample_steps=3", "--no-progress", *extra]
+            "--set", "diffusion.sample_steps=3", "--set", "unet.checkpointing=true", "--train-bf16", "--no-progress",
+            *extra]
 
 
 def run(args, **kw):

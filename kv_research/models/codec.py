@@ -74,6 +74,12 @@ class Codec(nn.Module):
         return self._per_frame(latents, self.latent_channels, "decode",
                                lambda z: ((self._decode_frames(z).float() + 1) / 2).clamp(0, 1))
 
+    def project(self, latents: torch.Tensor) -> torch.Tensor:
+        """The latent the codec would give back for what ``latents`` decode to, where that is exact and cheap.
+        Stored first frames go through it: pixels are clamped to the displayable range (as when they were stored
+        as images); a MoVQ latent is kept as generated (a decode/encode round trip would lose detail)."""
+        return latents
+
     def identity(self) -> dict:
         raise NotImplementedError
 
@@ -117,6 +123,9 @@ class PixelCodec(Codec):
 
     def _decode_frames(self, z):
         return z
+
+    def project(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.encode(self.decode(latents))
 
     def identity(self) -> dict:
         return {"name": self.name, "config": {"latent_channels": 3, "scale_factor": 1, "range": "2x-1"}}
