@@ -148,8 +148,11 @@ def validate_real_parts(cfg: AblationConfig) -> None:
         if v is not None and not Path(v).exists():
             raise FileNotFoundError(f"--{name.replace('_', '-')}: {v} does not exist")
     if cfg.codec not in (None, "pixels"):
-        from .models.codec import load_codec
-        load_codec(cfg.codec)                 # a folder of another model is refused here, by name
+        from .models.codec import _movq_folder, load_codec
+        if Path(cfg.codec).is_dir():
+            _movq_folder(Path(cfg.codec))     # its config: a folder of another model is refused here, by name
+        else:
+            load_codec(cfg.codec, device="cpu")
     if cfg.init_kandinsky3 and not cfg.text_encoder:
         raise ValueError("--init-kandinsky3 needs --text-encoder (the T5 whose features Kandinsky 3.0 was trained "
                          "on; its root folder usually holds text_encoder/ and tokenizer/)")
@@ -162,9 +165,12 @@ def validate_real_parts(cfg: AblationConfig) -> None:
         raise ValueError(f"unknown metrics {unknown}; known: {list(METRICS)}")
     if not cfg.data and {"fvd", "clipsim"} & set(metrics) and not cfg.reference and "fvd" in metrics:
         raise ValueError("metric 'fvd' needs real reference videos: pass --reference (or --data)")
-    if {"fvd", "clipsim"} & set(metrics):
-        from .study_inputs import load_detectors
-        load_detectors(dataclasses.replace(cfg, device="cpu"), metrics, resolved_preset(cfg).frames)
+    if "fvd" in metrics:                    # the detector files exist (and match their hash where one is known)
+        from .weights import find_weights
+        find_weights("i3d_torchscript", cfg.i3d)
+    if "clipsim" in metrics:
+        from .metrics.clipsim import _find_clip_weights
+        _find_clip_weights(cfg.clip)
 
 
 def plan(cfg: AblationConfig) -> dict:
