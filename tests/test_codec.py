@@ -241,3 +241,36 @@ def test_loader_errors(k3, release, fixture_dir, tmp_path):
         MoVQCodec.from_release(tmp_path / "video.pt", params)
     with pytest.raises(CheckpointError, match=r"missing \['z_channels'\]"):
         MoVQCodec.from_release(fixture_dir / "movq.pt", {k: v for k, v in params.items() if k != "z_channels"})
+
+
+# ------------------------------------------------------------------------------------- video decoder in the codec
+def test_codec_decodes_clips_with_the_release_video_decoder(release, fixture_dir, tmp_path):
+    """The release's pair (image MoVQ encodes, video MoVQ decodes windows of frames) behind the codec interface."""
+    codec, params, io, meta = release
+    video_params = meta["models"]["movq"]["video_params"]
+    for name in ("movq.pt", "video_movq.pt"):
+        (tmp_path / name).symlink_to(fixture_dir / name)
+    (tmp_path / "configs.json").write_text(json.dumps({"image_movq": {"configs": params},
+                                                       "video_movq": {"configs": video_params}}))
+    from kv_research.models.video_decoder import VideoMoVQDecoder
+    video = load_codec(str(tmp_path / "movq.pt")).with_video_decoder(str(tmp_path / "video_movq.pt"))
+    clip = rearrange(io["latents"], "t c h w -> 1 c t h w")                   # 4 frames = one window
+    want = ((rearrange(io["video_decoded"], "t c h w -> 1 c t h w") + 1) / 2).clamp(0, 1)
+    got = video.decode(clip)
+    assert got.shape == (1, 3, 4, 16, 16) and maxdiff(got, want) > 1e-4       # per-frame norms: not the quirk
+    quirk = VideoMoVQDecoder.from_release(fixture_dir / "video_movq.pt", video_params, release_attention_quirk=True)
+    assert maxdiff(codec.with_video_decoder(quirk).decode(clip), want) <= 1e-5
+    # images still go through the image decoder; encoding is the image encoder's; the identity tells them apart
+    assert torch.equal(video.decode(io["latents"]), codec.decode(io["latents"]))
+    assert torch.equal(video.encode(want), codec.encode(want))
+    assert video.identity() != codec.identity() and codec.video_decoder is None
+
+
+def test_table3_decoder_in_codec_equals_image_decoder_at_init(k3):
+    root, vq = k3
+    codec = MoVQCodec.from_pretrained(root)
+    video = codec.with_video_decoder("3x3x3 Conv + Attn")
+    z = torch.randn(2, 4, 5, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert maxdiff(video.decode(z), codec.decode(z)) <= 1e-6
+    with pytest.raises(FileNotFoundError, match="Table 3 decoder name"):
+        codec.with_video_decoder("3x3x3 conv")

@@ -17,6 +17,7 @@ convention. Frames are independent for the image MoVQ, so videos are folded into
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -163,12 +164,49 @@ class MoVQCodec(Codec):
         what = "diffusers VQModel" if fmt == "diffusers" else "Kandinsky Video 1.1 release"
         self.name = f"movq ({what}, {self.source})"
         self._identity: dict | None = None
+        self.video_decoder = None   # a VideoMoVQDecoder (with_video_decoder): decodes clips in temporal windows
 
     def _encode_frames(self, x):
         return self.vq.encode(x.to(self.dtype)).latents
 
     def _decode_frames(self, z):
         return self.vq.decode(z.to(self.dtype), force_not_quantize=True).sample
+
+    # ------------------------------------------------------------------------------- video decoder (Table 3)
+    def with_video_decoder(self, decoder) -> "MoVQCodec":
+        """This codec with clips decoded by ``decoder`` (``models/video_decoder.py``): a Table 3 name
+        (``"3x3x3 Conv + Attn"``, inflated from this MoVQ's image decoder, so it decodes exactly as the image decoder
+        until fine-tuned), the release's ``video_movq.pt`` (read with its params from ``configs.json`` beside it),
+        or a ``VideoMoVQDecoder``. Encoding always uses the image encoder, as the release does; images (4-D) still go
+        through the image decoder."""
+        from .video_decoder import DECODER_VARIANTS, VideoMoVQDecoder, variant_config
+        if isinstance(decoder, str) and decoder in DECODER_VARIANTS:
+            decoder = VideoMoVQDecoder.from_image(self.vq, variant_config(decoder))
+        elif isinstance(decoder, (str, Path)):
+            path = Path(decoder)
+            if not path.is_file():
+                raise FileNotFoundError(f"video decoder {decoder!r}: neither a Table 3 decoder name "
+                                        f"({', '.join(DECODER_VARIANTS)}) nor an existing file")
+            params = _release_params(path, "video_movq")[0]
+            decoder = VideoMoVQDecoder.from_release(path, params, device=self.device or "cpu", dtype=self.dtype)
+        if decoder.latent_channels != self.latent_channels or decoder.scale_factor != self.scale_factor:
+            raise ValueError(f"video decoder ({decoder.latent_channels} channels, x{decoder.scale_factor}) does not "
+                             f"fit {self.name} ({self.latent_channels} channels, x{self.scale_factor})")
+        out = copy.copy(self)
+        out._modules = dict(self._modules)
+        out.video_decoder = decoder.eval().requires_grad_(False)
+        out.name = f"{self.name} + video decoder ({getattr(decoder, 'config', '')})"
+        out._identity = None
+        return out
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.video_decoder is None or latents.dim() != 5:
+            return super().decode(latents)
+        dev = self.device
+        y = self.video_decoder.decode(latents.to(dev if dev is not None else latents.device,
+                                                 self.video_decoder.dtype))
+        return ((y.float() + 1) / 2).clamp(0, 1)
 
     def identity(self) -> dict:
         """Path-free on purpose: the same weights found elsewhere give the same identity (caches stay valid)."""
@@ -184,7 +222,14 @@ class MoVQCodec(Codec):
             config = {k: list(v) if isinstance(v, tuple) else v for k, v in self.vq.config.items()
                       if not k.startswith("_")}
             self._identity = {"name": "movq", "format": self.format, "config": config, "sha256": digests}
-        return {**self._identity, "dtype": str(self.dtype).removeprefix("torch.")}
+        ident = {**self._identity, "dtype": str(self.dtype).removeprefix("torch.")}
+        if self.video_decoder is not None:     # clips decode differently: caches of decoded videos must know
+            h = hashlib.sha256()
+            for k, v in self.video_decoder.state_dict().items():
+                h.update(k.encode())
+                h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            ident["video_decoder"] = {"config": repr(self.video_decoder.config), "state_dict": h.hexdigest()}
+        return ident
 
     # ---------------------------------------------------------------------------- diffusers Kandinsky 3.0 folder
     @classmethod
@@ -334,10 +379,11 @@ _REQUIRED = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "resolution"
 _VIDEO_ONLY = ("temporal", "temporal_attention_block", "temporal_blocks", "build_3D_decoder", "flicker_augmentation")
 
 
-def _release_params(path: Path) -> tuple[dict, str]:
+def _release_params(path: Path, section_name: str = "image_movq") -> tuple[dict, str]:
     """The image MoVQ params from ``configs.json`` beside ``path``. The release's ``get_T2V_pipeline`` calls
     ``get_movq(**configs["image_movq"])``, i.e. ``MoVQ(configs["image_movq"]["configs"])``; ``params`` (the training
-    configs' name) and the params directly under ``image_movq`` are accepted too."""
+    configs' name) and the params directly under ``image_movq`` are accepted too. ``section_name="video_movq"``
+    reads the video MoVQ's the same way."""
     cfg = path.parent / "configs.json"
     if not cfg.is_file():
         raise CheckpointError(f"{path}: no MoVQ params given and no configs.json beside it ({cfg}); pass params= "
@@ -346,13 +392,13 @@ def _release_params(path: Path) -> tuple[dict, str]:
         raw = json.loads(cfg.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{cfg} is not readable JSON ({e})") from e
-    section = raw.get("image_movq") if isinstance(raw, dict) else None
+    section = raw.get(section_name) if isinstance(raw, dict) else None
     if isinstance(section, dict):
         for cand in (section.get("configs"), section.get("params"), section):
             if isinstance(cand, dict) and "ch" in cand:
-                return dict(cand), f"{cfg} ['image_movq']"
-    raise CheckpointError(f"{cfg} has no image MoVQ params (looked for ['image_movq']['configs'], "
-                          "['image_movq']['params'] and ['image_movq'])")
+                return dict(cand), f"{cfg} ['{section_name}']"
+    raise CheckpointError(f"{cfg} has no {section_name} params (looked for ['{section_name}']['configs'], "
+                          f"['{section_name}']['params'] and ['{section_name}'])")
 
 
 def release_vq_config(params: dict, source: str = "MoVQ params") -> dict:
