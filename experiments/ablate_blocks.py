@@ -47,8 +47,8 @@ def parse_override(s: str):
         return key, value
 
 
-REAL_FIELDS = ("init_kandinsky3", "text_encoder", "codec", "data", "reference", "fps", "prompt_limit", "metrics",
-               "i3d", "clip")
+REAL_FIELDS = ("init_kandinsky3", "text_encoder", "codec", "decoder", "data", "reference", "fps", "prompt_limit",
+               "metrics", "i3d", "clip")
 
 
 def config_from_args(args) -> AblationConfig:
@@ -99,6 +99,9 @@ def main(argv=None) -> int:
     real.add_argument("--text-encoder", default=None, metavar="DIR", help="T5 folder (or the Kandinsky 3.0 root)")
     real.add_argument("--codec", default=None, metavar="DIR|FILE",
                       help="'pixels', a MoVQ folder (Kandinsky 3.0 root or movq/), or the release's movq.pt")
+    real.add_argument("--decoder", default=None, metavar="NAME|FILE",
+                      help="video decoder for generated clips: a Table 3 name (e.g. '3x3x3 Conv + Attn') or the "
+                           "release's video_movq.pt (its params from configs.json beside it)")
     real.add_argument("--data", default=None, metavar="CSV|DIR",
                       help="captioned videos: CSV (path, caption[, start, end]), a folder with captions.csv, "
                            "or a UCF-101 layout root")

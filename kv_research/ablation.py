@@ -53,6 +53,7 @@ class AblationConfig:
     init_kandinsky3: str | None = None  # diffusers Kandinsky 3.0 folder (or its unet/): skips image pretraining
     text_encoder: str | None = None     # T5 folder (or the Kandinsky 3.0 root); features cached in OUT/text_features
     codec: str | None = None            # "pixels" | MoVQ folder (Kandinsky 3.0 root or movq/) | the release's movq.pt
+    decoder: str | None = None          # video decoder for generated clips: a Table 3 name or the release's video_movq.pt
     data: str | None = None             # captioned videos: CSV (path, caption[, start, end]), folder, UCF-101 root
     reference: str | None = None        # real videos for FVD (folder, CSV, UCF-101 root); default: --data
     fps: float = 2.0                    # keyframe rate of real clips (the paper: 16 keyframes at 2 fps)
@@ -72,7 +73,7 @@ class AblationConfig:
         d = to_jsonable(self)
         for k in ("variants", "out", "device", "progress", "compile"):
             d.pop(k)
-        for k in ("init_kandinsky3", "text_encoder", "codec", "data", "reference", "fps", "prompt_limit",
+        for k in ("init_kandinsky3", "text_encoder", "codec", "decoder", "data", "reference", "fps", "prompt_limit",
                   "metrics", "i3d", "clip", "train_bf16"):
             if d.get(k) is None or (k == "fps" and d[k] == 2.0) or (k == "train_bf16" and not d[k]):
                 d.pop(k)     # unset real parts leave the identity (and the hash) of a synthetic run unchanged
@@ -153,6 +154,8 @@ def validate_real_parts(cfg: AblationConfig) -> None:
             _movq_folder(Path(cfg.codec))     # its config: a folder of another model is refused here, by name
         else:
             load_codec(cfg.codec, device="cpu")
+    if cfg.decoder and cfg.codec in (None, "pixels"):
+        raise ValueError("--decoder needs a MoVQ --codec (the video decoder replaces the MoVQ's image decoder)")
     if cfg.init_kandinsky3 and not cfg.text_encoder:
         raise ValueError("--init-kandinsky3 needs --text-encoder (the T5 whose features Kandinsky 3.0 was trained "
                          "on; its root folder usually holds text_encoder/ and tokenizer/)")
@@ -417,7 +420,7 @@ def prepare_inputs(cfg: AblationConfig, p, out: Path, dist, stage):
     from .prompt_sets import describe_prompt_set, load_prompt_set
 
     metrics = si.study_metrics(cfg)
-    codec = load_codec(cfg.codec, device=cfg.device)
+    codec = load_codec(cfg.codec, device=cfg.device)      # encodes the training clips (latent cache)
     notes: dict = {"prompt_set": describe_prompt_set(cfg.prompts, cfg.prompt_limit, cfg.samples_per_prompt)}
     data_cfg = p.synthetic_config()
     real_videos, latents = None, None
@@ -443,6 +446,8 @@ def prepare_inputs(cfg: AblationConfig, p, out: Path, dist, stage):
             text_encoder = si.text_encoder_for(cfg, out, captions, dist)
     else:
         text_encoder = None        # the hashed-word encoder, built after the UNet from the same seed
+    if cfg.decoder:        # generated clips are decoded in temporal windows (Table 3); encoding stays per frame
+        codec = codec.with_video_decoder(cfg.decoder)
     torch.manual_seed(cfg.seed)
     image, pretrain = si.image_pipeline(cfg, p, codec, text_encoder)
     size = p.size

@@ -272,5 +272,6 @@ def test_table3_decoder_in_codec_equals_image_decoder_at_init(k3):
     video = codec.with_video_decoder("3x3x3 Conv + Attn")
     z = torch.randn(2, 4, 5, 4, 4, generator=torch.Generator().manual_seed(0))
     assert maxdiff(video.decode(z), codec.decode(z)) <= 1e-6
+    assert codec.with_video_decoder("3x3x3 Conv + Attn").identity() == video.identity()    # seeded: reproducible
     with pytest.raises(FileNotFoundError, match="Table 3 decoder name"):
         codec.with_video_decoder("3x3x3 conv")

@@ -85,7 +85,8 @@ def parts(tmp_path_factory, videos_dir):
 def study_args(parts, out, *extra):
     return [sys.executable, str(REPO / "experiments" / "ablate_blocks.py"), "--preset", "smoke", "--out", str(out),
             "--variants", "Spatial", "Conv1dAttn1dBlocks", "--init-kandinsky3", str(parts["k3"]),
-            "--text-encoder", str(parts["k3"]), "--codec", str(parts["k3"]), "--data", str(parts["csv"]),
+            "--text-encoder", str(parts["k3"]), "--codec", str(parts["k3"]), "--decoder", "3x1x1 Conv + Attn",
+            "--data", str(parts["csv"]),
             "--prompts", "ucf101", "--prompt-limit", "4", "--i3d", str(parts["weights"] / "i3d_torchscript.pt"),
             "--clip", str(parts["weights"] / "vit_b32_openai_open_clip_model.safetensors"),
             "--set", "train.video_steps=4", "--set", "train.ckpt_every=2", "--set", "eval.motion_control_prompts=4",
@@ -111,6 +112,7 @@ def test_tiny_real_study_end_to_end(parts, tmp_path):
     proto = run_json["protocol"]
     assert proto["N"] == 4 and proto["frames"] == 4 and proto["resolution"] == 32 and proto["latent_resolution"] == 16
     assert proto["training_data"]["clips"] == len(GOOD) and proto["training_data"]["skipped"] == 4
+    assert "video decoder" in proto["codec"] and "3x1x1" in proto["codec"]
     assert proto["reference"]["videos"] >= 2
     assert any("i3d STAND-IN" in d for d in proto["detectors"])
     skipped = pd.read_csv(out / "latents" / "skipped.csv")

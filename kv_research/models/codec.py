@@ -181,7 +181,9 @@ class MoVQCodec(Codec):
         through the image decoder."""
         from .video_decoder import DECODER_VARIANTS, VideoMoVQDecoder, variant_config
         if isinstance(decoder, str) and decoder in DECODER_VARIANTS:
-            decoder = VideoMoVQDecoder.from_image(self.vq, variant_config(decoder))
+            with torch.random.fork_rng(devices=[]):    # the new layers' random parts: the same decoder every time
+                torch.manual_seed(0)
+                decoder = VideoMoVQDecoder.from_image(self.vq, variant_config(decoder))
         elif isinstance(decoder, (str, Path)):
             path = Path(decoder)
             if not path.is_file():
