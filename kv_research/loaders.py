@@ -344,3 +344,155 @@ def load_kandinsky_video(path: str | Path, unet_kwargs: dict | None = None, devi
 
 __all__ = ["Conventions", "KANDINSKY3", "KANDINSKY_VIDEO_11", "load_kandinsky3", "load_kandinsky_video",
            "KandinskyVideoCheckpoint", "kandinsky_key", "load_strict", "read_torch_file", "CheckpointError"]
+
+
+# ------------------------------------------------------------------ Kandinsky Video 1.1 interpolation UNet
+# the release's interpolation-only keys -> the suite's (InterpolationUNet); checked before ``kandinsky_key``
+_INTERP_TOP = [(r"^in_layer\.", "conv_in."), (r"^perturbation_to_time_embed\.1\.", "perturbation_embedding.linear_1."),
+               (r"^perturbation_to_time_embed\.3\.", "perturbation_embedding.linear_2."),
+               (r"^time_embed_merge$", "perturbation_merge"), (r"^skip_merge$", "skip_merge"),
+               (r"^skip_embeddings\.weight$", "skip_embedding.weight")]
+# applied after ``kandinsky_key`` (which has turned the block paths and attention names into the suite's)
+_INTERP_TAIL = [(r"\.temporal_projection_new\.temporal_merge$", ".temporal_projection.merge"),
+                (r"\.temporal_projection_new\.temporal_projection\.(weight|bias)$", r".temporal_projection.conv.\1"),
+                (r"^((?:down|up)_blocks\.\d+)\.temporal_attention\.temporal_merge1$",
+                 r"\1.temporal_attention_block.attention_merge"),
+                (r"^((?:down|up)_blocks\.\d+)\.temporal_attention\.temporal_merge2$",
+                 r"\1.temporal_attention_block.feed_forward_merge"),
+                (r"^((?:down|up)_blocks\.\d+)\.temporal_attention\.", r"\1.temporal_attention_block.")]
+# constructor options of the release's interpolation UNet that this model builds (the class defaults)
+_INTERP_SUPPORTED = {"temporal": (True,), "use_perturbation_time_embed": (True,),
+                     "merge_perturbation_time_with_diffusion_time": (True,),
+                     "merge_perturbation_time_with_context": (False,), "pass_skip_frames": (True,),
+                     "add_new_temporal_params": (False,), "add_temporal_attention": (True,),
+                     "expansion_ratio": (4,), "compression_ratio": (2,)}
+
+
+def kandinsky_interpolation_key(key: str) -> str:
+    """A key of the release's interpolation UNet -> the suite's ``InterpolationUNet`` key (anchored regexes; a key
+    that matches no rule comes back unchanged and is then reported as unexpected)."""
+    for pat, rep in _INTERP_TOP:
+        if re.match(pat, key):
+            return re.sub(pat, rep, key)
+    if key.startswith("image_in_layer."):     # a keyframe-model key: not part of the interpolation UNet
+        return key
+    key = kandinsky_key(key)
+    for pat, rep in _INTERP_TAIL:
+        key = re.sub(pat, rep, key)
+    return key
+
+
+def _interpolation_config(state: dict, kwargs: dict, source: str) -> UNetConfig:
+    """The suite's config of a released interpolation UNet: widths from the tensors, options from ``kwargs``."""
+    bad = [f"{k}={kwargs[k]!r}" for k, ok in _INTERP_SUPPORTED.items() if k in kwargs and kwargs[k] not in ok]
+    if any(kwargs.get("time_downsample", ())):
+        bad.append(f"time_downsample={kwargs['time_downsample']!r}")
+    if "add_cross_attention" in kwargs and tuple(kwargs["add_cross_attention"]) != tuple(
+            kwargs.get("add_self_attention", (False, True, True, True))):
+        bad.append("add_cross_attention != add_self_attention")
+    nb = kwargs.get("num_blocks")
+    if nb is not None and len(set(nb)) != 1:
+        bad.append(f"num_blocks={nb!r} (one count for every level)")
+    if bad:
+        raise CheckpointError(f"{source}: options not supported by InterpolationUNet: {', '.join(bad)}")
+    try:
+        init, num_channels = state["in_layer.weight"].shape[:2]
+        out_channels = state["out_layer.2.weight"].shape[0]
+        E = state["to_time_embed.1.weight"].shape[0]
+        ctx_dim = state["feature_pooling.attention.to_key.weight"].shape[1]
+        levels = sorted({int(k.split(".")[1]) for k in state if k.startswith("down_samples.")})
+        widths = tuple(state[f"down_samples.{i}.resnet_attn_blocks.0.0.resnet_blocks.3.projection.weight"].shape[0]
+                       for i in levels)
+        n = len({k.split(".")[3] for k in state if k.startswith("down_samples.0.resnet_attn_blocks.")})
+    except KeyError as e:
+        raise CheckpointError(f"{source} is not a Kandinsky Video interpolation UNet (no {e.args[0]})") from None
+    if num_channels % 5 or out_channels % 3 or num_channels // 5 != out_channels // 3:
+        raise CheckpointError(f"{source}: {num_channels} input / {out_channels} output channels are not "
+                              "[keyframe, 3 noisy frames, keyframe] -> 3 frames of the same latent width")
+    mc = kwargs.get("model_channels")
+    if mc is not None:
+        want = tuple(mc * m for m in kwargs.get("dim_mult", (1, 2, 4, 8)))
+        if want != widths:
+            raise CheckpointError(f"{source}: configs say widths {want}, the tensors have {widths}")
+    if init != widths[0] // 2:
+        raise CheckpointError(f"{source}: input conv width {init} is not half the first block width {widths[0]} "
+                              "(Kandinsky 3.0's layout, the only one this UNet builds)")
+    try:
+        return UNetConfig(in_channels=num_channels // 5, out_channels=out_channels // 3, block_out_channels=widths,
+                          layers_per_block=n, groups=kwargs.get("groups", 32),
+                          attention_head_dim=kwargs.get("head_dim", 64), time_embedding_dim=E,
+                          cross_attention_dim=ctx_dim, encoder_hid_dim=ctx_dim,
+                          add_attention=tuple(kwargs.get("add_self_attention", (False, True, True, True))),
+                          convention="kandinsky_video", first_frame_cond=False, noise_augmentation=False,
+                          motion_conditioning=False)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {e}") from e
+
+
+def load_kandinsky_video_interpolation(path: str | Path, unet_kwargs: dict | None = None,
+                                       device: str | torch.device = "cpu",
+                                       dtype: torch.dtype = torch.float32) -> KandinskyVideoCheckpoint:
+    """The released Kandinsky Video 1.1 interpolation UNet (``interpolation.pt`` + ``t5_projections.pt``'s
+    ``projection_base``, which the 1.1 pipeline uses for interpolation too) -> ``.unet`` (``InterpolationUNet``),
+    ``.null_embedding`` (``interpolation.pt``'s own). Options: ``unet_kwargs`` or the interpolation entry of
+    ``configs.json`` (a dict with ``model_channels`` under a key naming "interp"), else the class defaults.
+    Strict like ``load_kandinsky_video``. Conventions: v-prediction, their guidance 0.5 (= ours 1.5)."""
+    from .models.interpolation import InterpolationUNet
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"Kandinsky Video folder not found: {path} (expected interpolation.pt and "
+                                "t5_projections.pt under their hub names)")
+    ck_file = _need(path / "interpolation.pt", "interpolation.pt")
+    proj_file = _need(path / "t5_projections.pt", "t5_projections.pt")
+    ck = read_torch_file(ck_file)
+    if "unet" not in ck or "null_embedding" not in ck:
+        raise CheckpointError(f"{ck_file} has keys {sorted(ck)[:6]}, expected 'unet' and 'null_embedding' "
+                              "(the release's interpolation.pt)")
+    raw, null = ck["unet"], ck["null_embedding"]
+    if unet_kwargs is not None:
+        kwargs, cfg_source = dict(unet_kwargs), "the unet_kwargs argument"
+    elif (path / "configs.json").is_file():
+        cfg_file = path / "configs.json"
+        try:
+            conf = json.loads(cfg_file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{cfg_file} is not readable JSON ({e})") from e
+        found = []
+
+        def walk(obj, trail):
+            if isinstance(obj, dict):
+                if "model_channels" in obj and any("interp" in s.lower() for s in trail):
+                    found.append(obj)
+                for k, v in obj.items():
+                    walk(v, trail + [str(k)])
+        walk(conf, [])
+        kwargs, cfg_source = (dict(found[0]), str(cfg_file)) if found else ({}, f"defaults ({cfg_file} has no "
+                                                                                 "interpolation UNet options)")
+    else:
+        kwargs, cfg_source = {}, "defaults (no configs.json)"
+    cfg = _interpolation_config(raw, kwargs, str(ck_file))
+    state = {kandinsky_interpolation_key(k): v for k, v in raw.items()}
+    proj = read_torch_file(proj_file)
+    if "projection_base" not in proj:
+        raise CheckpointError(f"{proj_file} has keys {sorted(proj)}, expected 'projection_base'")
+    pb = proj["projection_base"]
+    for src, dst in (("0.weight", "projection_linear.weight"), ("1.weight", "projection_norm.weight"),
+                     ("1.bias", "projection_norm.bias")):
+        if src not in pb:
+            raise CheckpointError(f"{proj_file}: projection_base has no '{src}'")
+        state[f"encoder_hid_proj.{dst}"] = pb[src]
+    cfg = dataclasses.replace(cfg, encoder_hid_dim=pb["0.weight"].shape[1])
+    with torch.device("meta"):
+        unet = InterpolationUNet(cfg, skip_classes=raw["skip_embeddings.weight"].shape[0]
+                                 if "skip_embeddings.weight" in raw else 20)
+    unet = unet.to_empty(device="cpu")
+    load_strict(unet, state, f"{ck_file} + {proj_file.name}")
+    for p in unet.parameters():
+        p.requires_grad_(False)
+    unet.conventions = dataclasses.replace(KANDINSKY_VIDEO_11, source="Kandinsky Video 1.1 release (interpolation)",
+                                           guidance_scale=0.5, prediction="v")
+    unet = unet.to(device=device, dtype=dtype)
+    return KandinskyVideoCheckpoint(unet=unet, null_embedding=null.to(device=device, dtype=dtype),
+                                    conventions=unet.conventions,
+                                    files={"interpolation": str(ck_file), "t5_projections": str(proj_file),
+                                           "config": cfg_source})

@@ -53,10 +53,6 @@ class StudyInputs:
 
 
 # --------------------------------------------------------------------------------------------- pieces
-def uses_real_parts(cfg) -> bool:
-    return any(getattr(cfg, k) for k in ("data", "init_kandinsky3", "text_encoder", "codec"))
-
-
 def study_metrics(cfg) -> tuple:
     if cfg.metrics:
         return tuple(cfg.metrics)
@@ -211,3 +207,73 @@ def image_pipeline(cfg, p, codec, text_encoder):
         from .models.text import TextEncoder
         text_encoder = TextEncoder(p.text)
     return KeyframePipeline(unet, text_encoder, p.diffusion, codec=codec), True
+
+
+def prepare_inputs(cfg, p, out: Path, dist, stage) -> StudyInputs:
+    """Resolve every part of the study (``cfg``: an ``AblationConfig``; ``p``: its resolved preset): the offline
+    default of each, or the real one given. ``stage(name)`` times a stage (a context manager)."""
+    from .data.synthetic import load_prompts, make_clip
+    from .models.codec import load_codec
+    from .prompt_sets import describe_prompt_set, load_prompt_set
+
+    metrics = study_metrics(cfg)
+    codec = load_codec(cfg.codec, device=cfg.device)      # encodes the training clips (latent cache)
+    notes: dict = {"prompt_set": describe_prompt_set(cfg.prompts, cfg.prompt_limit, cfg.samples_per_prompt)}
+    data_cfg = p.synthetic_config()
+    real_videos = None
+    with stage("benchmark" if not cfg.data else "latents"):
+        if cfg.data:
+            data, labels, latents = real_data(cfg, p, out, codec, dist)
+            notes["training_data"] = {"source": cfg.data, "clips": len(latents), "skipped": latents.n_skipped,
+                                      "fps": cfg.fps, "skipped_list": str(out / "latents" / "skipped.csv")}
+        else:
+            data, labels = synthetic_data(cfg, p, out, dist)
+    if cfg.prompts:
+        prompts = load_prompt_set(cfg.prompts, cfg.prompt_limit)
+        if "motion" not in prompts.columns:
+            prompts = requested_motion(prompts, labels)
+            notes["requested_motion"] = "training labels' 10/50/90 % quantiles, cycled over the prompts"
+    else:
+        prompts = load_prompts(out / "benchmark" / "test.csv")
+        if cfg.prompt_limit:
+            prompts = prompts.head(cfg.prompt_limit).reset_index(drop=True)
+    if cfg.text_encoder:
+        with stage("text features"):
+            captions = list(data.captions) + list(prompts.prompt) + [""]
+            text_encoder = text_encoder_for(cfg, out, captions, dist)
+    else:
+        text_encoder = None        # the hashed-word encoder, built after the UNet from the same seed
+    if cfg.decoder:        # generated clips are decoded in temporal windows (Table 3); encoding stays per frame
+        codec = codec.with_video_decoder(cfg.decoder)
+    torch.manual_seed(cfg.seed)
+    image, pretrain = image_pipeline(cfg, p, codec, text_encoder)
+    size = p.size
+
+    # the reference videos of FVD / FVD-syn, and the "Real clips" row (synthetic benchmark only)
+    if "fvd" in metrics:
+        with stage("reference videos"):
+            reference, skipped = read_reference(cfg.reference or cfg.data, p.frames, cfg.fps,
+                                                size * codec.scale_factor, cfg.n_reference, cfg.progress)
+        notes["reference"] = {"source": cfg.reference or cfg.data, "videos": len(reference),
+                              "skipped": len(skipped), "fps": cfg.fps}
+    else:
+        reference = synthetic_reference(data, data_cfg, cfg.n_reference) if not cfg.data else None
+    if not cfg.prompts and not cfg.data and codec.scale_factor == 1:
+        real_videos = torch.stack([make_clip(i, data_cfg, "test").video for i in range(len(prompts))])
+        real_videos = real_videos.repeat_interleave(cfg.samples_per_prompt, 0)
+
+    def untrained():
+        from .models.unet import KeyframeUNet
+        from .pipeline import KeyframePipeline
+        torch.manual_seed(cfg.seed + 1)
+        if pretrain and not cfg.text_encoder and not cfg.codec:   # the suite's own models: as before real parts
+            return KeyframePipeline.from_preset(p, "Conv1dAttn1dBlocks")
+        fresh = KeyframePipeline(KeyframeUNet(dataclasses.replace(image.unet.config, variant="Spatial")),
+                                 image.text_encoder, image.diffusion_cfg, image.null_embedding, image.codec)
+        fresh.unet.conventions = getattr(image.unet, "conventions", None)
+        return fresh.inflated("Conv1dAttn1dBlocks")
+    detectors = load_detectors(cfg, metrics, p.frames) if {"fvd", "clipsim"} & set(metrics) else {}
+    return StudyInputs(image=image, pretrain=pretrain, data=data, labels=np.asarray(labels), prompts=prompts,
+                       reference=reference, metrics=metrics, size=size, untrained=untrained,
+                       untrained_note="random-init Conv1dAttn1dBlocks of the same widths, never trained",
+                       real_videos=real_videos, data_cfg=data_cfg, detectors=detectors, notes=notes)
