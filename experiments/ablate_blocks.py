@@ -83,8 +83,9 @@ def config_from_args(args) -> AblationConfig:
 
 
 def main(argv=None) -> int:
+    from kv_research.cli import DEBUG_HELP
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__ + DEBUG_HELP)
     ap.add_argument("--preset", default="quick", choices=["smoke", "quick", "paper"])
     ap.add_argument("--variants", nargs="+", default=list(DEFAULT_STUDY), metavar="NAME",
                     help=f"rows of the table (default: {' '.join(DEFAULT_STUDY)}); any of {', '.join(VARIANTS)}")
@@ -149,4 +150,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from kv_research.cli import run
+    sys.exit(run(main))

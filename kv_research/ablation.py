@@ -95,8 +95,24 @@ def resolved_preset(cfg: AblationConfig):
         sub = getattr(p, section)
         if not hasattr(sub, name):
             raise ValueError(f"override '{key}': {type(sub).__name__} has no field '{name}'")
-        p = dataclasses.replace(p, **{section: dataclasses.replace(sub, **{name: value})})
+        field_type = {f.name: f.type for f in dataclasses.fields(sub)}[name]
+        p = dataclasses.replace(p, **{section: dataclasses.replace(sub, **{name: _checked(key, value, field_type)})})
     return p
+
+
+def _checked(key: str, value, field_type):
+    """An override's value of the field's own type (annotations are strings here), refused rather than converted:
+    numbers are >= 0 (no config field here takes a negative), ints are whole, booleans are true/false."""
+    t = str(field_type).split("|")[0].strip()
+    want = {"int": "a whole number >= 0", "float": "a number >= 0", "bool": "true or false", "str": "text",
+            "tuple": "a JSON list, e.g. [1, 2]"}.get(t)
+    ok = {"int": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
+          "bool": isinstance(value, bool), "str": isinstance(value, str),
+          "tuple": isinstance(value, (list, tuple))}.get(t, True)
+    if not ok:
+        raise ValueError(f"--set {key}={json.dumps(value)}: expected {want}")
+    return tuple(value) if t == "tuple" else value
 
 
 # ------------------------------------------------------------------------------------------------ checks

@@ -251,4 +251,5 @@ def _load_raft(path, device):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from kv_research.cli import run
+    sys.exit(run(main))

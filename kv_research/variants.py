@@ -85,4 +85,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from kv_research.cli import run
+    sys.exit(run(main))

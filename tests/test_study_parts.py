@@ -85,3 +85,36 @@ def test_bf16_training_step_on_cpu(tmp_path):
     assert all(q.dtype == torch.float32 for q in pipe.parameters())          # weights stay fp32 under autocast
     assert any(not torch.equal(before[n], q) for n, q in tr.params.items())
     assert np.isfinite(tr.train_step(2))
+
+
+def test_cli_error_policy(capsys, monkeypatch):
+    from kv_research.cli import INTERRUPTED, run
+
+    def bad(argv):
+        raise FileNotFoundError("data: /no/such.csv does not exist")
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    assert run(bad, []) == 2
+    err = capsys.readouterr().err
+    assert err == "error: data: /no/such.csv does not exist\n"              # one line, no traceback
+    assert run(interrupted, []) == 130 and capsys.readouterr().err.strip() == INTERRUPTED
+    with pytest.raises(FileNotFoundError):
+        run(bad, ["--debug"])
+    monkeypatch.setenv("KV_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        run(bad, [])
+    assert run(lambda argv: 0 if argv == ["--x"] else 1, ["--debug", "--x"]) == 0      # --debug is taken out
+
+
+@pytest.mark.parametrize("value, expect", [("abc", "a whole number"), ("-5", "a whole number"),
+                                           ("1.5", "a whole number"), ("true", "a whole number")])
+def test_set_values_are_type_checked(value, expect, tmp_path, capsys):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
+    import ablate_blocks
+    rc = ablate_blocks.main(["--preset", "smoke", "--dry-run", "--out", str(tmp_path / "x"),
+                             "--set", f"train.video_steps={value}"])
+    assert rc == 2 and expect in capsys.readouterr().err and not (tmp_path / "x").exists()
