@@ -312,7 +312,7 @@ class InterpolationUNet(KeyframeUNet):
         if v.numel() == 1:
             return v.reshape(1).expand(n)
         if v.numel() != n:
-            raise ValueError(f"expected {n} values (one per {'clip' if n else 'item'}), got shape {tuple(v.shape)}")
+            raise ValueError(f"expected one value per clip / item ({n}), got shape {tuple(v.shape)}")
         return v.reshape(n)
 
     # ------------------------------------------------------------------------------------------- accounting
