@@ -343,7 +343,8 @@ def load_kandinsky_video(path: str | Path, unet_kwargs: dict | None = None, devi
 
 
 __all__ = ["Conventions", "KANDINSKY3", "KANDINSKY_VIDEO_11", "load_kandinsky3", "load_kandinsky_video",
-           "KandinskyVideoCheckpoint", "kandinsky_key", "load_strict", "read_torch_file", "CheckpointError"]
+           "load_kandinsky_video_interpolation", "KandinskyVideoCheckpoint", "kandinsky_key", "load_strict",
+           "read_torch_file", "CheckpointError"]
 
 
 # ------------------------------------------------------------------ Kandinsky Video 1.1 interpolation UNet
