@@ -1,0 +1,235 @@
+"""Interpolation passes (FusionFrames section 4.2 / Kandinsky Video 1.1) and the whole text-to-video pipeline.
+
+``InterpolationPipeline`` wraps an ``InterpolationUNet``. One pass turns T keyframe latents into 4T - 3 frames: the
+T - 1 gaps are the UNet's groups, and the 3 frames of every gap are sampled jointly from pure noise, conditioned on
+the two keyframes of the gap (clean: perturbation level t_p = 0, the paper's inference), the skip-frame count s and
+the prompt. The UNet predicts v (the paper's parameterisation); the schedule and sampler are ``diffusion_cfg``'s.
+
+Context guidance (paper section 4.2), per denoising step, in one batched call of 2B clips::
+
+    v_c = v(x_t | keyframes,        text,      temporal_mask = 1)
+    v_u = v(x_t | keyframes zeroed, null text, temporal_mask = 0)
+    v   = (1 + w) v_c - w v_u  =  v_u + (1 + w) (v_c - v_u)        (w = 0.25, the paper's value)
+
+i.e. ``cfg_combine(v_c, v_u, 1 + w)`` in the suite's convention. The released 1.1 pipeline uses w = 0.5
+(``interpolation_guidance_scale``); pass ``guidance=0.5`` for it. The null text follows the checkpoint's
+conventions: the suite's own models use the empty prompt; the release's interpolation model gets its stored null
+embedding at token 0 with an all-zero mask, as its own sampler batches it (the UNet then attends uniformly over the
+row, see ``InterpolationUNet._rows_without_tokens``).
+
+``passes(latents, n)``: s = 3 for the first pass (2 fps keyframes -> 8 fps) and s = 1 for the second (-> 30 fps),
+as the paper and the release do.
+
+Seeding: every random draw of a sample comes from its own generator (``torch.Generator().manual_seed(seed)``); pass
+``i`` of ``passes`` seeds it with ``pass_seed(seed, i)``, so a sample depends on its seed only, not on its batch.
+
+``TextToVideoPipeline(keyframe_pipe, interpolation_pipe)``: the first frame (text-to-image, or the user's image), the
+keyframes conditioned on it (``KeyframePipeline.generate``), 0-2 interpolation passes, and the decode by the codec
+(its temporal video decoder if it has one). One deliberate difference from the release: the first keyframe is
+replaced by the clean first frame (the release re-denoises frame 0 too), so an animated picture starts exactly with
+the picture (up to the codec).
+"""
+from __future__ import annotations
+
+import zlib
+
+import torch
+from torch import nn
+
+from .config import DiffusionConfig
+from .diffusion import Diffusion, cfg_combine
+from .loaders import Conventions
+from .models.interpolation import FRAMES_PER_GROUP, InterpolationUNet, insert_between
+
+PAPER_GUIDANCE = 0.25          # context guidance w (paper section 4.2), in the paper's (1 + w) c - w u convention
+SKIP_FRAMES = (3, 1)           # skip-frame count s of pass 1 and pass 2 (paper section 5 "Inference", release)
+MAX_PASSES = len(SKIP_FRAMES)
+
+
+def pass_seed(seed: int, pass_index: int) -> int:
+    """The seed of a sample's generator in interpolation pass ``pass_index`` (0-based)."""
+    return zlib.crc32(f"{int(seed)}|interpolation|{pass_index}".encode()) & 0x7FFFFFFF
+
+
+def frames_after(frames: int, n_passes: int) -> int:
+    """Frame count after ``n_passes`` passes of T -> 4T - 3."""
+    for _ in range(n_passes):
+        frames = 4 * frames - 3
+    return frames
+
+
+class InterpolationPipeline(nn.Module):
+    def __init__(self, unet: InterpolationUNet, text_encoder: nn.Module, diffusion_cfg: DiffusionConfig,
+                 null_embedding: torch.Tensor | None = None, codec: nn.Module | None = None,
+                 guidance: float = PAPER_GUIDANCE):
+        super().__init__()
+        from .models.codec import PixelCodec
+        if not isinstance(unet, InterpolationUNet):
+            raise TypeError(f"InterpolationPipeline needs an InterpolationUNet, got {type(unet).__name__}")
+        if diffusion_cfg.prediction != "v":
+            raise ValueError("the interpolation model predicts v (paper section 4.2); diffusion_cfg.prediction is "
+                             f"{diffusion_cfg.prediction!r}")
+        self.unet = unet
+        object.__setattr__(self, "codec", codec if codec is not None else PixelCodec())
+        if self.codec.latent_channels != unet.config.in_channels:
+            raise ValueError(f"the codec ({self.codec.name}) gives {self.codec.latent_channels}-channel latents but "
+                             f"the interpolation UNet takes {unet.config.in_channels} channels per frame")
+        self.text_encoder = text_encoder
+        self.diffusion_cfg = diffusion_cfg
+        self.diffusion = Diffusion(diffusion_cfg)
+        self.guidance = float(guidance)
+        self.conventions = getattr(unet, "conventions", None) or Conventions()
+        if self.conventions.unconditional == "null_embedding" and null_embedding is None:
+            raise ValueError(f"{self.conventions.source} uses a stored null embedding as the unconditional text; "
+                             "pass null_embedding= (load_kandinsky_video_interpolation(...).null_embedding)")
+        self.null_embedding = null_embedding
+
+    @property
+    def device(self):
+        return next(self.unet.parameters()).device
+
+    def encode_prompts_and_null(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected tokens (2B, L, d) and masks: the prompts, then the B unconditional rows. The text handling is
+        ``KeyframePipeline``'s (same conventions); only the release's null rows get an all-zero mask here, as the
+        release's interpolation sampler passes them."""
+        from .pipeline import KeyframePipeline
+        text, mask = KeyframePipeline.encode_prompts_and_null(self, prompts)   # uses text_encoder, unet, conventions
+        if self.conventions.unconditional == "null_embedding":
+            mask = mask.clone()
+            mask[len(prompts):] = False
+        return text, mask
+
+    def encode_text(self, prompts: list[str]):
+        from .pipeline import KeyframePipeline
+        return KeyframePipeline.encode_text(self, prompts)
+
+    @torch.no_grad()
+    def interpolate(self, keyframe_latents: torch.Tensor, prompts: list[str], seeds: list[int] | None = None,
+                    skip_frames: int | list[int] = 1, steps: int | None = None, progress: bool = False,
+                    generators: list[torch.Generator] | None = None) -> torch.Tensor:
+        """One pass: (B, C, T, h, w) latents in the codec's space -> (B, C, 4T - 3, h, w); the keyframes are kept
+        as they are and 3 frames are sampled between every pair. ``seeds`` (one per sample) or ``generators``."""
+        x_k = keyframe_latents.to(self.device)
+        if x_k.dim() != 5 or x_k.shape[2] < 2:
+            raise ValueError(f"keyframe latents must be (B, C, T >= 2, h, w), got {tuple(x_k.shape)}")
+        B, C, T, h, w = x_k.shape
+        if len(prompts) != B:
+            raise ValueError(f"{len(prompts)} prompts for {B} clips")
+        if generators is None:
+            if seeds is None or len(seeds) != B:
+                raise ValueError(f"need one seed per clip ({B}), got {seeds!r}")
+            generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        G = T - 1
+        text, mask = self.encode_prompts_and_null(list(prompts))
+        skip = InterpolationUNet._per_clip(skip_frames, B, 1.0, x_k).float()
+        keyframes2 = torch.cat([x_k, x_k])
+        keep = torch.cat([torch.ones(B, device=x_k.device), torch.zeros(B, device=x_k.device)])
+        wg = self.guidance
+
+        def denoise(x, t):
+            out = self.unet(torch.cat([x, x]), torch.cat([t, t]), text, mask, keyframes2,
+                            perturbation_time=torch.zeros(2 * B, device=x.device), skip_frames=torch.cat([skip, skip]),
+                            temporal_mask=keep, keyframes_keep=keep, text_projected=True)
+            v_cond, v_uncond = out.chunk(2)
+            return cfg_combine(v_cond, v_uncond, 1.0 + wg)      # = (1 + w) v_c - w v_u
+
+        inbetween = self.diffusion.sample(denoise, (B, C, FRAMES_PER_GROUP * G, h, w), generators, self.device,
+                                          steps=steps, progress=progress)
+        return insert_between(x_k, inbetween.to(x_k.dtype))
+
+    @torch.no_grad()
+    def passes(self, latents: torch.Tensor, n_passes: int, prompts: list[str], seeds: list[int],
+               steps: int | None = None, progress: bool = False) -> torch.Tensor:
+        """``n_passes`` (0..2) passes, s = 3 then s = 1: T -> 4T - 3 -> 16T - 15 frames."""
+        if not 0 <= int(n_passes) <= MAX_PASSES:
+            raise ValueError(f"n_passes must be 0..{MAX_PASSES} (s = {SKIP_FRAMES}), got {n_passes}")
+        for i in range(int(n_passes)):
+            latents = self.interpolate(latents, prompts, [pass_seed(s, i) for s in seeds], SKIP_FRAMES[i],
+                                       steps=steps, progress=progress)
+        return latents
+
+
+class TextToVideoPipeline:
+    """Keyframes (``KeyframePipeline``) + interpolation passes (``InterpolationPipeline``, optional) + decode."""
+
+    def __init__(self, keyframe_pipe, interpolation_pipe: InterpolationPipeline | None = None):
+        self.keyframe_pipe = keyframe_pipe
+        self.interpolation_pipe = interpolation_pipe
+        if interpolation_pipe is not None:
+            a, b = keyframe_pipe.codec, interpolation_pipe.codec
+            if a.latent_channels != b.latent_channels or getattr(a, "name", a) != getattr(b, "name", b):
+                raise ValueError(f"keyframe codec ({a.name}) and interpolation codec ({b.name}) differ")
+
+    @property
+    def codec(self):
+        return self.keyframe_pipe.codec
+
+    @property
+    def max_passes(self) -> int:
+        return MAX_PASSES if self.interpolation_pipe is not None else 0
+
+    @torch.no_grad()
+    def first_latents(self, prompts: list[str], seeds: list[int], size: int, image01: torch.Tensor | None = None,
+                      steps: int | None = None) -> torch.Tensor:
+        """The first frame in the codec's space (B, C, h, w): the given pixels encoded, else text-to-image with
+        the generator ``seed ^ 0x5EED`` (the harness's first-frame seed)."""
+        kp = self.keyframe_pipe
+        if image01 is not None:
+            img = image01.to(kp.device, torch.float32)
+            if img.dim() == 3:
+                img = img[None]
+            if img.shape[0] == 1 and len(prompts) > 1:
+                img = img.expand(len(prompts), -1, -1, -1)
+            want = size * kp.codec.scale_factor
+            if img.shape[1] != 3 or tuple(img.shape[-2:]) != (want, want) or img.shape[0] != len(prompts):
+                raise ValueError(f"image01 must be ({len(prompts)} or 1, 3, {want}, {want}) pixels in [0, 1] for "
+                                 f"latent size {size}, got {tuple(image01.shape)}")
+            return kp.encode(img)
+        gens = [torch.Generator().manual_seed(int(s) ^ 0x5EED) for s in seeds]
+        return kp.generate_images(list(prompts), gens, size, steps)
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], seeds: list[int], motion, frames: int, size: int, passes: int = 0,
+                 image01: torch.Tensor | None = None, steps: int | None = None,
+                 interpolation_steps: int | None = None, progress: bool = False, decode: bool = True,
+                 keep_first_frame: bool = True) -> torch.Tensor:
+        """Videos (B, 3, T', H, W) in [0, 1], T' = ``frames_after(frames, passes)`` (``decode=False``: latents).
+        ``size`` is the latent size (pixels: ``size * codec.scale_factor``); ``motion`` the keyframe model's
+        motion condition (one number per prompt, or one for all)."""
+        from tqdm.auto import tqdm
+        prompts = list(prompts)
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        if passes > self.max_passes:
+            raise ValueError(f"{passes} interpolation passes requested but "
+                             + ("there is no interpolation model" if self.interpolation_pipe is None
+                                else f"at most {MAX_PASSES} are defined (s = {SKIP_FRAMES})"))
+        if motion is not None:
+            motion = torch.as_tensor(motion, dtype=torch.float32).reshape(-1)
+            motion = motion.expand(len(prompts)) if motion.numel() == 1 else motion
+        bar = tqdm(total=2 + passes + int(decode), desc="text-to-video", disable=not progress)
+        bar.set_postfix_str("first frame")
+        first = self.first_latents(prompts, seeds, size, image01, steps)
+        bar.update()
+        bar.set_postfix_str("keyframes")
+        x = self.keyframe_pipe.generate(prompts, seeds, motion, frames=frames, size=size, first_latents=first,
+                                        steps=steps, decode=False, progress=progress)
+        if keep_first_frame:
+            x = x.clone()
+            x[:, :, 0] = first.to(x.dtype)
+        bar.update()
+        for i in range(passes):
+            bar.set_postfix_str(f"interpolation pass {i + 1} (s = {SKIP_FRAMES[i]})")
+            x = self.interpolation_pipe.interpolate(x, prompts, [pass_seed(s, i) for s in seeds], SKIP_FRAMES[i],
+                                                    steps=interpolation_steps, progress=progress)
+            bar.update()
+        if decode:
+            bar.set_postfix_str("decode")
+            x = self.codec.decode(x).clamp(0, 1)
+            bar.update()
+        bar.close()
+        return x
+
+
+__all__ = ["InterpolationPipeline", "TextToVideoPipeline", "PAPER_GUIDANCE", "SKIP_FRAMES", "pass_seed",
+           "frames_after"]
