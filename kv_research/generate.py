@@ -391,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--text-encoder", default=None, metavar="DIR", help="with --kandinsky-video: the T5 folder")
     ap.add_argument("--unet-kwargs", default=None, metavar="JSON", help="with --kandinsky-video: UNet / MoVQ options")
     ap.add_argument("--guidance", type=float, default=None, help="interpolation context guidance w (default 0.25)")
+    ap.add_argument("--decoder", default=None, metavar="NAME|FILE",
+                    help="decode with a Table 3 video decoder: a registry name or a video_movq.pt (MoVQ codecs)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-progress", action="store_true")
     return ap
@@ -426,6 +428,11 @@ def main(argv: list[str] | None = None, text_encoder: torch.nn.Module | None = N
             if not Path(args.text_encoder).is_dir():
                 raise FileNotFoundError(f"--text-encoder {args.text_encoder}: no such folder")
         parse_unet_kwargs(args.unet_kwargs)
+    if args.decoder:
+        from .models.video_decoder import DECODER_VARIANTS
+        if args.decoder not in DECODER_VARIANTS and not Path(args.decoder).is_file():
+            raise FileNotFoundError(f"--decoder {args.decoder!r}: neither a Table 3 decoder "
+                                    f"({', '.join(DECODER_VARIANTS)}) nor an existing video_movq.pt")
     # loading
     if args.run:
         loaded = load_run(args.run, args.variant, device=args.device)
@@ -436,6 +443,15 @@ def main(argv: list[str] | None = None, text_encoder: torch.nn.Module | None = N
         loaded = load_kandinsky_video_pipeline(args.kandinsky_video, text_encoder, args.unet_kwargs,
                                                interpolation=args.passes > 0, device=args.device, steps=args.steps,
                                                interpolation_steps=args.interpolation_steps, guidance=args.guidance)
+    if args.decoder:           # every sub-pipeline decodes through the same codec
+        if not hasattr(loaded.pipe.codec, "with_video_decoder"):
+            raise ValueError(f"--decoder needs a MoVQ codec; this model decodes with {loaded.pipe.codec.name}")
+        codec = loaded.pipe.codec.with_video_decoder(args.decoder)
+        for sub in (loaded.pipe.keyframe_pipe, loaded.pipe.interpolation_pipe):
+            if sub is not None:
+                object.__setattr__(sub, "codec", codec)
+        loaded.sources["video_decoder"] = args.decoder
+        loaded.sources["codec"] = codec.name
     meta = generate_videos(loaded, prompts, args.out, motion=args.motion, passes=args.passes, seed=args.seed,
                            frames=args.frames, size=args.size, steps=args.steps,
                            interpolation_steps=args.interpolation_steps, image=args.image,

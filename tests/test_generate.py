@@ -105,6 +105,16 @@ def test_fixture_cli_writes_videos_and_record(release, tmp_path):
     from kv_research.data.video import read_video
     assert read_video(out / f"{vid}.mp4").shape == (3, 9, 16, 16)
     assert (out / f"{vid}.gif").stat().st_size > 0
+    # --decoder: the same keyframes and passes decoded by a Table 3 decoder inflated from the image MoVQ decoder,
+    # which equals the image decoder before fine-tuning: the release's video_movq.pt output differs from it
+    out2 = tmp_path / "out2"
+    argv2 = [a if a != str(out) else str(out2) for a in argv] + ["--decoder", "3x3x3 Conv + Attn"]
+    assert generate.main(argv2, text_encoder=FixtureT5()) == 0
+    meta2 = json.loads((out2 / "generate.json").read_text())
+    assert meta2["source"]["video_decoder"] == "3x3x3 Conv + Attn" and "video decoder" in meta2["source"]["codec"]
+    import numpy as np
+    a, b = (np.load(o / f"{vid}.npz")["video"] for o in (out, out2))
+    assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() > 0
 
 
 # ------------------------------------------------------------------------------------------- run folders
@@ -174,6 +184,7 @@ def test_bad_inputs_fail_with_one_line(run_dir, tmp_path, capsys):
         (["--kandinsky-video", str(empty), "--text-encoder", str(empty), "--prompt", "x", "--passes", "2"],
          "missing t2v.pt, t5_projections.pt, movq.pt, interpolation.pt"),
         (["--run", str(run_dir), "--prompts", str(tmp_path / "none.txt")], "no such file"),
+        (["--run", str(run_dir), "--prompt", "x", "--decoder", "4x4x4 Conv"], "neither a Table 3 decoder"),
     ]
     for argv, msg in cases:
         assert cli.run(generate.main, argv + ["--out", out, "--no-progress"]) == 2, argv
