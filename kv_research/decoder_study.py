@@ -175,12 +175,14 @@ class FinetuneConfig(ImageTrainConfig):
     lr: float = 5e-4
     warmup: int = 20
     window: int = 4                     # frames per training clip = per decoding window (the release decodes 4)
+    new_lr_scale: float = 1.0           # LR multiplier of the new (temporal) layers, see run notes
     temporal_weight: float = 1.0        # weight of |Δy - Δx| (see the module docstring)
 
 
 @dataclass
 class EvalConfig:
     bootstrap: int = 1000               # resamples of the 95 % percentile intervals (over clips)
+    fvd_bootstrap: int = 200            # resamples of FVD-syn's interval (each one an eigendecomposition)
     ci: float = 0.95
     raft_work_size: int = 128           # RAFT runs on frames resized to this short side (its minimum is 128)
     raft_updates: int = 12
@@ -516,15 +518,20 @@ def _load_state(path: Path, model, ema: dict, opt) -> dict:
     return json.loads(path.with_suffix(".json").read_text())
 
 
-def fit(model, loss_fn, tcfg: ImageTrainConfig, run_dir: Path, tag: dict, progress: bool, desc: str) -> dict:
+def fit(model, loss_fn, tcfg: ImageTrainConfig, run_dir: Path, tag: dict, progress: bool, desc: str,
+        lr_scale: dict | None = None) -> dict:
     """Train ``model``'s trainable parameters for ``tcfg.steps``, resumable and deterministic.
 
     ``loss_fn(step) -> (loss, parts)`` draws its own batch from a generator seeded by the step, so a run killed at
     any point resumes (from ``checkpoints/last``) to the same weights as an uninterrupted one. ``tag`` is stored in
-    the checkpoint and must match on resume. Returns {"weights": final (EMA) state dict, "steps_now", "seconds"}.
+    the checkpoint and must match on resume. ``lr_scale``: {parameter name: LR multiplier} (default 1).
+    Returns {"weights": final (EMA) state dict, "steps_now", "seconds"}.
     """
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    opt = torch.optim.AdamW(params.values(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    scales = sorted({(lr_scale or {}).get(n, 1.0) for n in params})
+    groups = [{"params": [p for n, p in params.items() if (lr_scale or {}).get(n, 1.0) == k], "scale": k}
+              for k in scales]
+    opt = torch.optim.AdamW(groups, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     ema = {n: p.detach().clone() for n, p in params.items()}
     ckpt, stats = run_dir / "checkpoints" / "last.safetensors", run_dir / "stats.jsonl"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -542,7 +549,7 @@ def fit(model, loss_fn, tcfg: ImageTrainConfig, run_dir: Path, tag: dict, progre
     while step < tcfg.steps:
         lr = tcfg.lr * min(1.0, (step + 1) / max(1, tcfg.warmup))
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["scale"]
         model.train()
         loss, parts = loss_fn(step)
         opt.zero_grad(set_to_none=True)
@@ -619,7 +626,8 @@ def train_row(row: str, vq, lat: dict, cfg: DecoderStudyConfig, folder: Path, pr
             temporal = ((y[:, :, 1:] - y[:, :, :-1]) - (x[:, :, 1:] - x[:, :, :-1])).abs().mean()
             loss, parts = loss + f.temporal_weight * temporal, {**parts, "temporal": temporal.detach()}
         return loss, parts
-    res = fit(dec, loss_fn, f, folder, {"stage": "finetune", "row": row}, progress, f"stage 2: {row}")
+    res = fit(dec, loss_fn, f, folder, {"stage": "finetune", "row": row}, progress, f"stage 2: {row}",
+              lr_scale={n: f.new_lr_scale for n in dec.new_parameter_names()})
     dec.load_state_dict(res.pop("weights"))
     atomic_write_bytes(final, save({k: v.contiguous() for k, v in dec.state_dict().items()}))
     return dec, res
@@ -821,7 +829,7 @@ def evaluate_row(dec: VideoMoVQDecoder, assets: EvalAssets, cfg: DecoderStudyCon
         frames.append(pd.DataFrame({"set": s, "clip": names, **{k: m[k] for k in PER_CLIP}}))
         summary[s] = {k: summarise(m[k], e) for k in PER_CLIP}
         if s == "synthetic":
-            summary[s]["fvd_syn"] = reconstruction_fvd(assets.features(y), assets.ref_feats, e.bootstrap, e.ci, 0)
+            summary[s]["fvd_syn"] = reconstruction_fvd(assets.features(y), assets.ref_feats, e.fvd_bootstrap, e.ci, 0)
         figure[s] = y[e.figure_real if s == "real" else e.figure_synthetic]
     return pd.concat(frames, ignore_index=True), summary, figure
 
