@@ -394,7 +394,8 @@ def prepare_data(cfg: DecoderStudyConfig, out: Path, progress: bool = True) -> S
             if name in held:
                 n = min(d.clips_per_video, t // d.frames)
                 if n == 0:
-                    raise ValueError(f"held-out {name}: {t} frames at {d.fps} fps, fewer than one {d.frames}-frame clip")
+                    raise ValueError(f"held-out {name}: {t} frames at {d.fps} fps, fewer than one "
+                                     f"{d.frames}-frame clip")
                 starts = np.linspace(0, t - d.frames, n).round().astype(int).tolist() if n > 1 else [0]
                 for s in starts:
                     tensors[f"heldout/{name}@{s}"] = u8(v[:, s:s + d.frames])
@@ -543,7 +544,8 @@ def fit(model, loss_fn, tcfg: ImageTrainConfig, run_dir: Path, tag: dict, progre
     if ckpt.is_file():
         meta = _load_state(ckpt, model, ema, opt)
         if meta.get("tag") != to_jsonable(tag):
-            raise ValueError(f"{ckpt} belongs to {meta.get('tag')}, not {to_jsonable(tag)}; remove it or use another --out")
+            raise ValueError(f"{ckpt} belongs to {meta.get('tag')}, not {to_jsonable(tag)}; remove it or use "
+                             "another --out")
         step, window = int(meta["step"]), meta.get("window", [])
         if stats.is_file():    # stats logged after the checkpoint are logged again
             keep = [ln for ln in stats.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
