@@ -33,18 +33,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run from a checkout without installing
 
+from kv_research.cli import parse_override  # noqa: E402
+
 from kv_research.ablation import AblationConfig, plan, run_ablation, validate  # noqa: E402
 from kv_research.models.temporal import DEFAULT_STUDY, VARIANTS  # noqa: E402
-
-
-def parse_override(s: str):
-    key, sep, value = s.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"--set expects section.field=value, got {s!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 REAL_FIELDS = ("init_kandinsky3", "text_encoder", "codec", "decoder", "data", "reference", "fps", "prompt_limit",

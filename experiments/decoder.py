@@ -19,17 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run from a checkout without installing
 
+from kv_research.cli import parse_override  # noqa: E402
+
 from kv_research.decoder_study import ROWS, apply_overrides, plan, preset_config, run_study, validate  # noqa: E402
-
-
-def parse_override(s: str):
-    key, sep, value = s.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"--set expects section.field=value, got {s!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def main(argv=None) -> int:

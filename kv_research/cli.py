@@ -19,6 +19,20 @@ INTERRUPTED = "interrupted; re-run the same command to resume"
 DEBUG_HELP = "Errors: one line and exit status 2; --debug (or KV_DEBUG=1) shows the traceback. Ctrl-C exits 130."
 
 
+def parse_override(s: str):
+    """``--set section.field=VALUE`` -> (key, value); VALUE is JSON when it parses (numbers, true, lists), else text.
+    The value's type is checked later against the field (``ablation.resolved_preset``)."""
+    import argparse
+    import json
+    key, sep, value = s.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--set expects section.field=value, got {s!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def input_errors() -> tuple[type[BaseException], ...]:
     """Exception types that describe bad input (each carries a message naming the file or value)."""
     from .checkpoint import CheckpointError

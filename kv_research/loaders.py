@@ -255,12 +255,11 @@ def _release_unet_kwargs(path: Path, given: dict | None) -> tuple[dict, str]:
     return dict(pick[0]), str(cfg_file)
 
 
-def release_unet_config(state: dict, kwargs: dict, source: str) -> UNetConfig:
-    """The suite's config of a released keyframe UNet: widths from the tensors, the rest from ``kwargs``
-    (``configs.json``) or the Kandinsky defaults (groups 32, head dim 64), every width cross-checked."""
+def _release_widths(state: dict, kwargs: dict, source: str, what: str) -> tuple:
+    """(input channels, output channels, time width, text width, block widths, ResNets per level) of a released
+    keyframe or interpolation UNet, read from its tensors and cross-checked against ``kwargs`` (``configs.json``)."""
     try:
-        init = state["in_layer.weight"].shape[0]
-        num_channels = state["in_layer.weight"].shape[1]
+        init, num_channels = state["in_layer.weight"].shape[:2]
         out_channels = state["out_layer.2.weight"].shape[0]
         E = state["to_time_embed.1.weight"].shape[0]
         ctx_dim = state["feature_pooling.attention.to_key.weight"].shape[1]
@@ -269,7 +268,7 @@ def release_unet_config(state: dict, kwargs: dict, source: str) -> UNetConfig:
                        for i in levels)
         n = len({k.split(".")[3] for k in state if k.startswith("down_samples.0.resnet_attn_blocks.")})
     except KeyError as e:
-        raise CheckpointError(f"{source} is not a Kandinsky Video keyframe UNet (no {e.args[0]})") from None
+        raise CheckpointError(f"{source} is not a Kandinsky Video {what} UNet (no {e.args[0]})") from None
     mc = kwargs.get("model_channels")
     if mc is not None:
         want = tuple(mc * m for m in kwargs.get("dim_mult", (1, 2, 4, 8)))
@@ -278,6 +277,13 @@ def release_unet_config(state: dict, kwargs: dict, source: str) -> UNetConfig:
     if init != widths[0] // 2:
         raise CheckpointError(f"{source}: input conv width {init} is not half the first block width {widths[0]} "
                               "(Kandinsky 3.0's layout, the only one this UNet builds)")
+    return num_channels, out_channels, E, ctx_dim, widths, n
+
+
+def release_unet_config(state: dict, kwargs: dict, source: str) -> UNetConfig:
+    """The suite's config of a released keyframe UNet: widths from the tensors, the rest from ``kwargs``
+    (``configs.json``) or the Kandinsky defaults (groups 32, head dim 64), every width cross-checked."""
+    num_channels, out_channels, E, ctx_dim, widths, n = _release_widths(state, kwargs, source, "keyframe")
     in_ch = (num_channels - 1) // 2
     try:
         return UNetConfig(in_channels=in_ch, out_channels=out_channels, block_out_channels=widths, layers_per_block=n,
@@ -396,28 +402,10 @@ def _interpolation_config(state: dict, kwargs: dict, source: str) -> UNetConfig:
         bad.append(f"num_blocks={nb!r} (one count for every level)")
     if bad:
         raise CheckpointError(f"{source}: options not supported by InterpolationUNet: {', '.join(bad)}")
-    try:
-        init, num_channels = state["in_layer.weight"].shape[:2]
-        out_channels = state["out_layer.2.weight"].shape[0]
-        E = state["to_time_embed.1.weight"].shape[0]
-        ctx_dim = state["feature_pooling.attention.to_key.weight"].shape[1]
-        levels = sorted({int(k.split(".")[1]) for k in state if k.startswith("down_samples.")})
-        widths = tuple(state[f"down_samples.{i}.resnet_attn_blocks.0.0.resnet_blocks.3.projection.weight"].shape[0]
-                       for i in levels)
-        n = len({k.split(".")[3] for k in state if k.startswith("down_samples.0.resnet_attn_blocks.")})
-    except KeyError as e:
-        raise CheckpointError(f"{source} is not a Kandinsky Video interpolation UNet (no {e.args[0]})") from None
+    num_channels, out_channels, E, ctx_dim, widths, n = _release_widths(state, kwargs, source, "interpolation")
     if num_channels % 5 or out_channels % 3 or num_channels // 5 != out_channels // 3:
         raise CheckpointError(f"{source}: {num_channels} input / {out_channels} output channels are not "
                               "[keyframe, 3 noisy frames, keyframe] -> 3 frames of the same latent width")
-    mc = kwargs.get("model_channels")
-    if mc is not None:
-        want = tuple(mc * m for m in kwargs.get("dim_mult", (1, 2, 4, 8)))
-        if want != widths:
-            raise CheckpointError(f"{source}: configs say widths {want}, the tensors have {widths}")
-    if init != widths[0] // 2:
-        raise CheckpointError(f"{source}: input conv width {init} is not half the first block width {widths[0]} "
-                              "(Kandinsky 3.0's layout, the only one this UNet builds)")
     try:
         return UNetConfig(in_channels=num_channels // 5, out_channels=out_channels // 3, block_out_channels=widths,
                           layers_per_block=n, groups=kwargs.get("groups", 32),
