@@ -37,9 +37,9 @@ import torch
 from torch import nn
 
 from .config import DiffusionConfig
-from .diffusion import Diffusion, cfg_combine
-from .loaders import Conventions
+from .diffusion import cfg_combine
 from .models.interpolation import FRAMES_PER_GROUP, InterpolationUNet, insert_between
+from .pipeline import TextConditionedPipeline
 
 PAPER_GUIDANCE = 0.25          # context guidance w (paper section 4.2), in the paper's (1 + w) c - w u convention
 SKIP_FRAMES = (3, 1)           # skip-frame count s of pass 1 and pass 2 (paper section 5 "Inference", release)
@@ -58,50 +58,26 @@ def frames_after(frames: int, n_passes: int) -> int:
     return frames
 
 
-class InterpolationPipeline(nn.Module):
+class InterpolationPipeline(TextConditionedPipeline):
     def __init__(self, unet: InterpolationUNet, text_encoder: nn.Module, diffusion_cfg: DiffusionConfig,
                  null_embedding: torch.Tensor | None = None, codec: nn.Module | None = None,
                  guidance: float = PAPER_GUIDANCE):
-        super().__init__()
-        from .models.codec import PixelCodec
         if not isinstance(unet, InterpolationUNet):
             raise TypeError(f"InterpolationPipeline needs an InterpolationUNet, got {type(unet).__name__}")
         if diffusion_cfg.prediction != "v":
             raise ValueError("the interpolation model predicts v (paper section 4.2); diffusion_cfg.prediction is "
                              f"{diffusion_cfg.prediction!r}")
-        self.unet = unet
-        object.__setattr__(self, "codec", codec if codec is not None else PixelCodec())
-        if self.codec.latent_channels != unet.config.in_channels:
-            raise ValueError(f"the codec ({self.codec.name}) gives {self.codec.latent_channels}-channel latents but "
-                             f"the interpolation UNet takes {unet.config.in_channels} channels per frame")
-        self.text_encoder = text_encoder
-        self.diffusion_cfg = diffusion_cfg
-        self.diffusion = Diffusion(diffusion_cfg)
+        super().__init__(unet, text_encoder, diffusion_cfg, null_embedding, codec)
         self.guidance = float(guidance)
-        self.conventions = getattr(unet, "conventions", None) or Conventions()
-        if self.conventions.unconditional == "null_embedding" and null_embedding is None:
-            raise ValueError(f"{self.conventions.source} uses a stored null embedding as the unconditional text; "
-                             "pass null_embedding= (load_kandinsky_video_interpolation(...).null_embedding)")
-        self.null_embedding = null_embedding
-
-    @property
-    def device(self):
-        return next(self.unet.parameters()).device
 
     def encode_prompts_and_null(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Projected tokens (2B, L, d) and masks: the prompts, then the B unconditional rows. The text handling is
-        ``KeyframePipeline``'s (same conventions); only the release's null rows get an all-zero mask here, as the
-        release's interpolation sampler passes them."""
-        from .pipeline import KeyframePipeline
-        text, mask = KeyframePipeline.encode_prompts_and_null(self, prompts)   # uses text_encoder, unet, conventions
+        """Projected tokens (2B, L, d) and masks, as ``KeyframePipeline``'s (same conventions); only the release's
+        null rows get an all-zero mask here, as the release's interpolation sampler passes them."""
+        text, mask = super().encode_prompts_and_null(prompts)
         if self.conventions.unconditional == "null_embedding":
             mask = mask.clone()
             mask[len(prompts):] = False
         return text, mask
-
-    def encode_text(self, prompts: list[str]):
-        from .pipeline import KeyframePipeline
-        return KeyframePipeline.encode_text(self, prompts)
 
     @torch.no_grad()
     def interpolate(self, keyframe_latents: torch.Tensor, prompts: list[str], seeds: list[int] | None = None,

@@ -34,8 +34,11 @@ def sample_seed(prompt: str, index: int, base_seed: int = 0) -> int:
     return zlib.crc32(f"{base_seed}|{index}|{prompt}".encode()) & 0x7FFFFFFF
 
 
-class KeyframePipeline(nn.Module):
-    def __init__(self, unet: KeyframeUNet, text_encoder: nn.Module, diffusion_cfg: DiffusionConfig,
+class TextConditionedPipeline(nn.Module):
+    """What the keyframe and interpolation pipelines share: a UNet, its text encoder under the checkpoint's
+    conventions (prompts and unconditional rows), the diffusion, and the codec whose space the UNet works in."""
+
+    def __init__(self, unet: nn.Module, text_encoder: nn.Module, diffusion_cfg: DiffusionConfig,
                  null_embedding: torch.Tensor | None = None, codec: nn.Module | None = None):
         super().__init__()
         from .models.codec import PixelCodec
@@ -51,23 +54,8 @@ class KeyframePipeline(nn.Module):
         self.conventions = getattr(unet, "conventions", None) or Conventions()
         if self.conventions.unconditional == "null_embedding" and null_embedding is None:
             raise ValueError(f"{self.conventions.source} uses a stored null embedding as the unconditional text; "
-                             "pass null_embedding= (load_kandinsky_video(...).null_embedding)")
+                             "pass null_embedding= (the loaded checkpoint's .null_embedding)")
         self.null_embedding = null_embedding
-
-    @classmethod
-    def from_preset(cls, preset: Preset, variant: str = "Spatial") -> "KeyframePipeline":
-        import dataclasses
-        unet = KeyframeUNet(dataclasses.replace(preset.unet, variant="Spatial"))
-        pipe = cls(unet, TextEncoder(preset.text), preset.diffusion)
-        return pipe if variant == "Spatial" else pipe.inflated(variant)
-
-    def inflated(self, variant: str, train_spatial: bool = False) -> "KeyframePipeline":
-        """A new pipeline whose UNet is this (image) UNet inflated; the text encoder is shared and frozen."""
-        vid = KeyframePipeline(inflate(self.unet, variant, train_spatial=train_spatial), self.text_encoder,
-                               self.diffusion_cfg, self.null_embedding, self.codec)   # the deep copy keeps .conventions
-        for p in vid.text_encoder.parameters():
-            p.requires_grad_(train_spatial)
-        return vid
 
     @property
     def device(self):
@@ -101,6 +89,23 @@ class KeyframePipeline(nn.Module):
             null[:, 0] = self.null_embedding.to(cond.device, cond.dtype).reshape(1, d)
             null_mask[:, 0] = True
         return torch.cat([cond, null]), torch.cat([mask, null_mask])
+
+
+class KeyframePipeline(TextConditionedPipeline):
+    @classmethod
+    def from_preset(cls, preset: Preset, variant: str = "Spatial") -> "KeyframePipeline":
+        import dataclasses
+        unet = KeyframeUNet(dataclasses.replace(preset.unet, variant="Spatial"))
+        pipe = cls(unet, TextEncoder(preset.text), preset.diffusion)
+        return pipe if variant == "Spatial" else pipe.inflated(variant)
+
+    def inflated(self, variant: str, train_spatial: bool = False) -> "KeyframePipeline":
+        """A new pipeline whose UNet is this (image) UNet inflated; the text encoder is shared and frozen."""
+        vid = KeyframePipeline(inflate(self.unet, variant, train_spatial=train_spatial), self.text_encoder,
+                               self.diffusion_cfg, self.null_embedding, self.codec)   # the deep copy keeps .conventions
+        for p in vid.text_encoder.parameters():
+            p.requires_grad_(train_spatial)
+        return vid
 
     # -------------------------------------------------------------------------------------------- losses
     def forward(self, mode: str, x0: torch.Tensor, captions: list[str], motion: torch.Tensor | None = None,
