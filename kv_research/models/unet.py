@@ -312,7 +312,8 @@ class KeyframeUNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
                 first_frame: torch.Tensor | None = None, motion_score: torch.Tensor | None = None,
                 noise_level: torch.Tensor | None = None, text_projected: bool = False,
-                first_frame_keep: torch.Tensor | None = None) -> torch.Tensor:
+                first_frame_keep: torch.Tensor | None = None,
+                frame_cond: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """x (B, C, T, H, W); t (B,) diffusion steps; text (B, L, text_dim) raw tokens with text_mask (B, L).
 
         ``text_projected=True``: ``text`` already went through ``project_text`` (or is a stored null embedding).
@@ -321,12 +322,14 @@ class KeyframeUNet(nn.Module):
         first_frame (B, C, H, W) (already noise-augmented), motion_score (B,), noise_level (B,) are used in video
         mode only. Video mode = an inflated model called with T > 1 or with a first frame; otherwise every frame
         goes through the text-to-image model independently.
+        ``frame_cond = (frames (B, C, T, H, W), mask (B, T))`` replaces the first-frame slot by known frames at any
+        positions (masked frame interpolation, ``models/mfi.py``): the same ``[x_t, known frames, mask]`` input.
         """
         B, C, T, H, W = x.shape
         cfg = self.config
         if C != cfg.in_channels:
             raise ValueError(f"expected {cfg.in_channels} input channels, got x of shape {tuple(x.shape)}")
-        video = self.video_in_conv is not None and (T > 1 or first_frame is not None)
+        video = self.video_in_conv is not None and (T > 1 or first_frame is not None or frame_cond is not None)
         tokens = text if text_projected else self.project_text(text, text_mask)
         mask_add = additive_mask(text_mask, tokens.dtype)                             # (b, 1, 1, l)
         emb = self.time_embedding(t.reshape(-1).expand(B) if t.numel() == 1 else t)
@@ -337,7 +340,11 @@ class KeyframeUNet(nn.Module):
         if video:
             cond = torch.zeros_like(x)
             mask = torch.zeros_like(x[:, :1])
-            if first_frame is not None:
+            if frame_cond is not None:
+                known, known_mask = frame_cond                                        # (b, c, t, h, w), (b, t)
+                mask = known_mask.to(x.device, x.dtype).reshape(B, 1, T, 1, 1).expand_as(mask).contiguous()
+                cond = known.to(x.dtype) * mask
+            elif first_frame is not None:
                 keep = (torch.ones(B, device=x.device, dtype=x.dtype) if first_frame_keep is None
                         else first_frame_keep.to(x.device, x.dtype).reshape(B))
                 cond[:, :, 0] = first_frame * keep[:, None, None, None]
