@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .config import DiffusionConfig
-from .diffusion import cfg_combine
+from .diffusion import cfg_combine, randn_per_item
 from .models.interpolation import FRAMES_PER_GROUP, InterpolationUNet, insert_between
 from .pipeline import TextConditionedPipeline
 
@@ -58,17 +58,21 @@ def frames_after(frames: int, n_passes: int) -> int:
     return frames
 
 
-class InterpolationPipeline(TextConditionedPipeline):
-    def __init__(self, unet: InterpolationUNet, text_encoder: nn.Module, diffusion_cfg: DiffusionConfig,
+class _Interpolator(TextConditionedPipeline):
+    """What FusionFrames' interpolation and the MFI baseline share: the training loss on (4G + 1)-frame windows
+    (keyframes at 0, 4, ..., 4G; the three frames between each pair are the targets), the sampler with context
+    guidance, and the passes. Subclasses say how one UNet call predicts the targets (``_predict``)."""
+    noisy_key_slots = False      # whether the UNet reads the (noised) keyframe positions of x_t
+
+    def __init__(self, unet: nn.Module, text_encoder: nn.Module, diffusion_cfg: DiffusionConfig,
                  null_embedding: torch.Tensor | None = None, codec: nn.Module | None = None,
-                 guidance: float = PAPER_GUIDANCE):
-        if not isinstance(unet, InterpolationUNet):
-            raise TypeError(f"InterpolationPipeline needs an InterpolationUNet, got {type(unet).__name__}")
+                 guidance: float = PAPER_GUIDANCE, skip_schedule: tuple[int, ...] = SKIP_FRAMES):
         if diffusion_cfg.prediction != "v":
-            raise ValueError("the interpolation model predicts v (paper section 4.2); diffusion_cfg.prediction is "
+            raise ValueError("the interpolation models predict v (paper section 4.2); diffusion_cfg.prediction is "
                              f"{diffusion_cfg.prediction!r}")
         super().__init__(unet, text_encoder, diffusion_cfg, null_embedding, codec)
         self.guidance = float(guidance)
+        self.skip_schedule = tuple(int(s) for s in skip_schedule)   # s of pass 1, pass 2 (release: 3, 1)
 
     def encode_prompts_and_null(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Projected tokens (2B, L, d) and masks, as ``KeyframePipeline``'s (same conventions); only the release's
@@ -79,6 +83,47 @@ class InterpolationPipeline(TextConditionedPipeline):
             mask[len(prompts):] = False
         return text, mask
 
+    def encode(self, video01: torch.Tensor) -> torch.Tensor:
+        return self.codec.encode(video01.to(self.device))
+
+    # ------------------------------------------------------------------------------------------- training
+    def forward(self, mode: str, x0: torch.Tensor, captions: list[str], skip_frames: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training loss on windows ``x0`` (B, C, 4G+1, h, w) in the codec's space; ``skip_frames`` (B,) the
+        window's frame spacing label (the trainer's per-clip condition slot). Conditional frame perturbation: the
+        keyframes are noised to a level drawn uniformly from [0, noise_aug_max] (0 = clean), the level is a
+        condition; with probability ``p_uncond_image`` a clip's keyframes are dropped (the unconditional branch
+        of context guidance) and with ``p_uncond_text`` its text. The loss covers the 3G in-between frames."""
+        if mode != "interpolation":
+            raise ValueError(f"an interpolation pipeline trains in mode 'interpolation', got {mode!r}")
+        cfg = self.diffusion_cfg
+        B, C, n, h, w = x0.shape
+        step = FRAMES_PER_GROUP + 1
+        if n < step + 1 or (n - 1) % step:
+            raise ValueError(f"training windows must have 4G + 1 frames, got {tuple(x0.shape)}")
+        key_idx = torch.arange(0, n, step)
+        tgt_idx = torch.tensor([i for i in range(n) if i % step])
+        keyframes, targets = x0[:, :, key_idx], x0[:, :, tgt_idx]
+        captions = ["" if d else c for c, d in
+                    zip(captions, (torch.rand(B, generator=generator) < cfg.p_uncond_text).tolist())]
+        text, mask = self.encode_text(captions)
+        tp = torch.randint(0, cfg.noise_aug_max + 1, (B,), generator=generator)
+        pnoise = torch.randn(keyframes.shape, generator=generator).to(x0.device)
+        perturbed = torch.where((tp > 0).to(x0.device)[:, None, None, None, None],
+                                self.diffusion.q_sample(keyframes, tp, pnoise), keyframes)
+        keep = (torch.rand(B, generator=generator) >= cfg.p_uncond_image).float().to(x0.device)
+        t = self.diffusion.sample_t(B, generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        x_t = self.diffusion.q_sample(x0, t, noise)                                  # every frame noised
+        out = self._predict(x_t, t, text, mask, perturbed, tp.float().to(x0.device), skip_frames.to(x0.device),
+                            keep, text_projected=False)
+        return self.diffusion.loss(out, targets, t, noise[:, :, tgt_idx])
+
+    def _predict(self, x_t, t, text, mask, keyframes, tp, skip, keep, text_projected):
+        """v of the 3G in-between frames (B, C, 3G, h, w) from the noisy full window x_t (B, C, 4G+1, h, w)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------ sampling
     @torch.no_grad()
     def interpolate(self, keyframe_latents: torch.Tensor, prompts: list[str], seeds: list[int] | None = None,
                     skip_frames: int | list[int] = 1, steps: int | None = None, progress: bool = False,
@@ -100,12 +145,18 @@ class InterpolationPipeline(TextConditionedPipeline):
         skip = InterpolationUNet._per_clip(skip_frames, B, 1.0, x_k).float()
         keyframes2 = torch.cat([x_k, x_k])
         keep = torch.cat([torch.ones(B, device=x_k.device), torch.zeros(B, device=x_k.device)])
+        zeros = torch.zeros(2 * B, device=x_k.device)
         wg = self.guidance
+        # MFI's UNet also sees its keyframe positions noised to the current level (as in training); one noise per
+        # sample, drawn first. FusionFrames never reads those slots and draws nothing here.
+        key_noise = randn_per_item(x_k.shape, generators, x_k.device) if self.noisy_key_slots else None
 
         def denoise(x, t):
-            out = self.unet(torch.cat([x, x]), torch.cat([t, t]), text, mask, keyframes2,
-                            perturbation_time=torch.zeros(2 * B, device=x.device), skip_frames=torch.cat([skip, skip]),
-                            temporal_mask=keep, keyframes_keep=keep, text_projected=True)
+            # the sampler's state is the 3G in-between frames; the window puts them between the keyframes
+            keys = x_k if key_noise is None else self.diffusion.q_sample(x_k, t, key_noise)
+            full = insert_between(keys, x)
+            out = self._predict(torch.cat([full, full]), torch.cat([t, t]), text, mask, keyframes2, zeros,
+                                torch.cat([skip, skip]), keep, text_projected=True)
             v_cond, v_uncond = out.chunk(2)
             return cfg_combine(v_cond, v_uncond, 1.0 + wg)      # = (1 + w) v_c - w v_u
 
@@ -116,13 +167,48 @@ class InterpolationPipeline(TextConditionedPipeline):
     @torch.no_grad()
     def passes(self, latents: torch.Tensor, n_passes: int, prompts: list[str], seeds: list[int],
                steps: int | None = None, progress: bool = False) -> torch.Tensor:
-        """``n_passes`` (0..2) passes, s = 3 then s = 1: T -> 4T - 3 -> 16T - 15 frames."""
-        if not 0 <= int(n_passes) <= MAX_PASSES:
-            raise ValueError(f"n_passes must be 0..{MAX_PASSES} (s = {SKIP_FRAMES}), got {n_passes}")
+        """``n_passes`` passes with ``skip_schedule`` (release: s = 3 then 1): T -> 4T - 3 -> 16T - 15 frames."""
+        if not 0 <= int(n_passes) <= len(self.skip_schedule):
+            raise ValueError(f"n_passes must be 0..{len(self.skip_schedule)} (s = {self.skip_schedule}), "
+                             f"got {n_passes}")
         for i in range(int(n_passes)):
-            latents = self.interpolate(latents, prompts, [pass_seed(s, i) for s in seeds], SKIP_FRAMES[i],
+            latents = self.interpolate(latents, prompts, [pass_seed(s, i) for s in seeds], self.skip_schedule[i],
                                        steps=steps, progress=progress)
         return latents
+
+
+class InterpolationPipeline(_Interpolator):
+    """FusionFrames' interpolation (``InterpolationUNet``): the G gaps are the UNet's items, three frames each."""
+
+    def __init__(self, unet: InterpolationUNet, *args, **kwargs):
+        if not isinstance(unet, InterpolationUNet):
+            raise TypeError(f"InterpolationPipeline needs an InterpolationUNet, got {type(unet).__name__}")
+        super().__init__(unet, *args, **kwargs)
+
+    def _predict(self, x_t, t, text, mask, keyframes, tp, skip, keep, text_projected):
+        n = x_t.shape[2]
+        tgt = [i for i in range(n) if i % (FRAMES_PER_GROUP + 1)]
+        return self.unet(x_t[:, :, tgt], t, text, mask, keyframes, perturbation_time=tp, skip_frames=skip,
+                         temporal_mask=keep, keyframes_keep=keep, text_projected=text_projected)
+
+
+class MFIPipeline(_Interpolator):
+    """Masked frame interpolation (``models/mfi.py``): every frame of the 4G+1 window is a UNet item; the
+    keyframe positions are denoised too (as in Video LDM) and replaced by the keyframes in the output."""
+    noisy_key_slots = True
+
+    def __init__(self, unet, *args, **kwargs):
+        from .models.mfi import MaskedFrameInterpolationUNet
+        if not isinstance(unet, MaskedFrameInterpolationUNet):
+            raise TypeError(f"MFIPipeline needs a MaskedFrameInterpolationUNet, got {type(unet).__name__}")
+        super().__init__(unet, *args, **kwargs)
+
+    def _predict(self, x_t, t, text, mask, keyframes, tp, skip, keep, text_projected):
+        n = x_t.shape[2]
+        tgt = [i for i in range(n) if i % (FRAMES_PER_GROUP + 1)]
+        out = self.unet(x_t, t, text, mask, keyframes, perturbation_time=tp, skip_frames=skip,
+                        keyframes_keep=keep, text_projected=text_projected)
+        return out[:, :, tgt]
 
 
 class TextToVideoPipeline:
@@ -207,5 +293,5 @@ class TextToVideoPipeline:
         return x
 
 
-__all__ = ["InterpolationPipeline", "TextToVideoPipeline", "PAPER_GUIDANCE", "SKIP_FRAMES", "pass_seed",
+__all__ = ["InterpolationPipeline", "MFIPipeline", "TextToVideoPipeline", "PAPER_GUIDANCE", "SKIP_FRAMES", "pass_seed",
            "frames_after"]

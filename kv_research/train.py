@@ -1,4 +1,9 @@
-"""One trainer for the text-to-image pretraining and the video (keyframe) fine-tuning.
+"""One trainer for the text-to-image pretraining, the video (keyframe) fine-tuning and the interpolation models.
+
+Modes: ``image`` and ``video`` (``KeyframePipeline``), ``interpolation`` (``InterpolationPipeline``,
+``MFIPipeline``: windows of 4G + 1 frames from ``data.interpolation.InterpolationTrainData``; the per-clip condition
+slot carries the skip-frame label instead of the motion score). Video and interpolation use ``video_lr`` and
+``video_batch_size``.
 
 * AdamW on the trainable parameters only (spatial weights are frozen after inflation unless asked otherwise).
 * EMA with warm-up: ``decay = min(max_decay, 1 - (1 + step) ** -power)``. Why: a short CPU run never reaches the
@@ -92,8 +97,8 @@ class Trainer:
     def __init__(self, pipe, mode: str, data: TrainData | LatentTrainData, cfg: TrainConfig, run_dir: str | Path,
                  steps: int | None = None, progress: bool = True, device: str | torch.device = "cpu",
                  autocast_dtype: torch.dtype | None = None):
-        if mode not in ("image", "video"):
-            raise ValueError(f"mode must be 'image' or 'video', got {mode!r}")
+        if mode not in ("image", "video", "interpolation"):
+            raise ValueError(f"mode must be 'image', 'video' or 'interpolation', got {mode!r}")
         self.pipe, self.mode, self.data, self.cfg = pipe.to(device), mode, data, cfg
         self.device = torch.device(device)
         self.run_dir = Path(run_dir)
