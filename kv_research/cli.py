@@ -47,13 +47,24 @@ def _message(e: BaseException) -> str:
     return " ".join(str(msg).split()) if "\n" not in str(msg) else str(msg).strip()
 
 
+_DEBUG = False   # set by ``run`` while a main runs with --debug
+
+
+def debug_enabled() -> bool:
+    """True under ``--debug`` (inside ``run``) or ``KV_DEBUG=1``: a main that reports input errors itself (so that
+    calling it directly also returns 2) re-raises them instead, so that the traceback is shown."""
+    return _DEBUG or os.environ.get("KV_DEBUG", "") not in ("", "0")
+
+
 def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> int:
     """Call ``main(argv)`` under the policy; returns the exit status. ``--debug`` is removed from ``argv``."""
+    global _DEBUG
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("KV_DEBUG", "") not in ("", "0")
     if "--debug" in argv:
         argv.remove("--debug")
         debug = True
+    previous, _DEBUG = _DEBUG, debug
     try:
         return int(main(argv) or 0)
     except KeyboardInterrupt:
@@ -66,3 +77,5 @@ def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = No
             raise
         print(f"error: {_message(e)}", file=sys.stderr)
         return 2
+    finally:
+        _DEBUG = previous

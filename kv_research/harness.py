@@ -51,36 +51,35 @@ def init_distributed(device: str = "cpu") -> Dist:
 # ------------------------------------------------------------------------------------------------ prompts
 def load_prompt_table(path: str | Path) -> pd.DataFrame:
     """A prompt set: CSV with columns ``prompt`` (+ optional ``id``, ``motion``, ``seed``) or a .txt file with one
-    prompt per line. Fails with a message naming the file when it is missing, empty or malformed."""
+    prompt per line (blank lines ignored). Fails with a message naming the file (and the line or row) when it is
+    missing, empty, not UTF-8, not a valid CSV, or has an empty prompt, a duplicate id, or a ``motion`` value that
+    is not a finite number >= 0. The errors are ``ValueError`` subclasses (``utils.InputFileError``) or
+    ``FileNotFoundError``, i.e. input errors for ``kv_research.cli``."""
+    from .utils import InputFileError, check_motion_values, read_csv_file, read_text_file
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompt file not found: {path}")
     if path.suffix.lower() == ".txt":
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        lines = [ln.strip() for ln in read_text_file(path, "prompt file").splitlines() if ln.strip()]
         df = pd.DataFrame({"prompt": lines})
     elif path.suffix.lower() == ".csv":
-        try:
-            df = pd.read_csv(path, keep_default_na=False, dtype={"prompt": str, "id": str})
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-            raise ValueError(f"malformed prompt file {path}: {e}") from e
+        df = read_csv_file(path, "prompt file", keep_default_na=False, dtype={"prompt": str, "id": str})
         if "prompt" not in df.columns:
-            raise ValueError(f"prompt file {path} has no 'prompt' column (columns: {list(df.columns)})")
+            raise InputFileError(f"prompt file {path} has no 'prompt' column (columns: {list(df.columns)})")
     else:
-        raise ValueError(f"prompt file {path}: expected .csv or .txt")
+        raise InputFileError(f"prompt file {path}: expected .csv or .txt")
     if len(df) == 0:
-        raise ValueError(f"prompt file {path} holds no prompts")
-    empty = [i for i, p in enumerate(df["prompt"]) if not str(p).strip()]
+        raise InputFileError(f"prompt file {path} holds no prompts")
+    empty = [i + 1 for i, p in enumerate(df["prompt"]) if not str(p).strip()]
     if empty:
-        raise ValueError(f"prompt file {path}: empty prompt on row(s) {empty[:10]}")
+        raise InputFileError(f"prompt file {path}: empty prompt on row(s) {empty[:10]} (row 1 = first prompt)")
     if "id" not in df.columns:
         df["id"] = [f"p{i:05d}" for i in range(len(df))]
     if df["id"].duplicated().any():
-        raise ValueError(f"prompt file {path}: duplicate ids {df['id'][df['id'].duplicated()].tolist()[:5]}")
+        raise InputFileError(f"prompt file {path}: duplicate ids {df['id'][df['id'].duplicated()].tolist()[:5]}")
     if "motion" in df.columns:
-        try:
-            df["motion"] = df["motion"].astype(float)
-        except ValueError as e:
-            raise ValueError(f"prompt file {path}: column 'motion' must be numeric ({e})") from e
+        df["motion"] = check_motion_values(df["motion"].tolist(), path,
+                                           [f"row {i + 1} (id {v})" for i, v in enumerate(df["id"])])
     return df.reset_index(drop=True)
 
 

@@ -5,7 +5,8 @@ extractor with one signature, ``forward(videos, prompts) -> dict[str, Tensor (B,
 walks over the videos once, batch by batch, calling each *distinct* extractor once per batch. FVD-syn and
 attribute accuracy share the synthetic video net, so that net runs once. Set-level metrics (FVD, FVD-syn)
 are computed afterwards from the collected features against cached reference statistics; per-video metrics
-(CLIPSIM, CLIPSIM-syn, attribute checks, motion) become columns of ``per_video``. Every summary entry carries
+(CLIPSIM, CLIPSIM-syn, attribute checks, motion, and from the same RAFT pass VBench's dynamic degree and
+EvalCrafter's flow score, each with its ``protocol``) become columns of ``per_video``. Every summary entry carries
 its bootstrap interval, N, and the detector's name and hash.
 """
 from __future__ import annotations
@@ -23,8 +24,9 @@ from tqdm.auto import tqdm
 __all__ = ["METRICS", "evaluate_videos", "run_extractors", "I3DMetric", "SynVideoMetric", "ClipSimMetric",
            "MotionMetric"]
 
-METRICS = ("fvd", "clipsim", "motion", "fvd_syn", "clipsim_syn", "attr_acc")
+METRICS = ("fvd", "clipsim", "motion", "fvd_syn", "clipsim_syn", "attr_acc", "dynamic_degree", "flow_score")
 SET_METRICS = ("fvd", "fvd_syn")
+MOTION_METRICS = ("motion", "dynamic_degree", "flow_score")   # one RAFT pass; each needs clips of >= 2 frames
 
 
 # ----------------------------------------------------------------------------------------------- extractors
@@ -74,7 +76,8 @@ class ClipSimMetric(nn.Module):
 
 
 class MotionMetric(nn.Module):
-    """RAFT motion score from ``kv_research.metrics.motion`` (the one definition): -> {"motion": (B,)}."""
+    """One RAFT pass (``kv_research.metrics.motion.motion_stats``) -> {"motion": (B,) THE motion score,
+    "flow_score": (B,) EvalCrafter flow score, "dynamic_degree": (B,) 1.0/0.0 VBench dynamic, "dynamic_pairs": (B,)}."""
     key = "motion"
 
     def __init__(self, raft=None, device="cpu"):
@@ -87,7 +90,10 @@ class MotionMetric(nn.Module):
         self.sha256 = motion.weights_fingerprint(self.raft)
 
     def forward(self, videos, prompts=None) -> dict:
-        return {"motion": self._motion.motion_score(videos, raft=self.raft)}
+        s = self._motion.motion_stats(videos, raft=self.raft)
+        dynamic, counts = self._motion.dynamic_from_stats(s)
+        return {"motion": s["motion_score"], "flow_score": s["motion_score"] * s["scale_to_input"],
+                "dynamic_degree": dynamic.double(), "dynamic_pairs": counts}
 
 
 @torch.no_grad()
@@ -151,7 +157,7 @@ def evaluate_videos(videos: torch.Tensor, prompts: Sequence[str], *, requested_m
             from .clipsim import load_clip_vitb32
             clip = load_clip_vitb32(clip, device=device)
         extractors["clipsim"] = ClipSimMetric(clip, "clipsim")
-    if "motion" in metrics:
+    if set(MOTION_METRICS) & set(metrics):
         extractors["motion"] = MotionMetric(raft, device=device)
 
     # ---- the one loop over generated videos
@@ -196,7 +202,10 @@ def evaluate_videos(videos: torch.Tensor, prompts: Sequence[str], *, requested_m
         per_video["motion"] = measured
         entry = per_video_entry(measured, {"detector": extractors["motion"].name,
                                            "detector_sha256": extractors["motion"].sha256,
-                                           "units": "mean |flow| px per frame at a 256-px short side"})
+                                           "units": "mean |flow| px per frame at a 256-px short side",
+                                           "protocol": {"name": "kv_research motion score (metrics/motion.py)",
+                                                        "definition": "mean over consecutive-frame pairs of the "
+                                                                      "mean |flow|, at a 256-px short side"}})
         if requested_motion is not None:
             from .agreement import motion_agreement
             req = np.asarray(requested_motion, dtype=np.float64)
@@ -204,6 +213,29 @@ def evaluate_videos(videos: torch.Tensor, prompts: Sequence[str], *, requested_m
             entry["agreement"] = motion_agreement(measured, req, threshold=motion_threshold, level=level,
                                                   n_boot=n_boot, seed=seed)
         summary["metrics"]["motion"] = entry
+    if "dynamic_degree" in metrics:
+        from .motion import VBENCH_DYNAMIC_THRESHOLD
+        per_video["dynamic_degree"] = out["motion"]["dynamic_degree"]
+        per_video["dynamic_pairs"] = out["motion"]["dynamic_pairs"].astype(np.int64)
+        summary["metrics"]["dynamic_degree"] = per_video_entry(out["motion"]["dynamic_degree"], {
+            "detector": extractors["motion"].name, "detector_sha256": extractors["motion"].sha256,
+            "units": "fraction of videos that are dynamic",
+            "protocol": {"name": "VBench dynamic degree", "threshold": VBENCH_DYNAMIC_THRESHOLD,
+                         "threshold_units": "px at a 256-px short side (VBench: 6 * min(H,W)/256 native px)",
+                         "pair_statistic": "mean of the top 5 % of |flow| of a consecutive-frame pair",
+                         "rule": "dynamic when >= max(1, round(4 * T / 16)) pairs exceed the threshold",
+                         "differences": "flow from RAFT-small (6 updates, 128-px working size) on the frames as "
+                                        "given; VBench resamples to ~8 fps and uses RAFT-things, 20 updates"}})
+    if "flow_score" in metrics:
+        per_video["flow_score"] = out["motion"]["flow_score"]
+        summary["metrics"]["flow_score"] = per_video_entry(out["motion"]["flow_score"], {
+            "detector": extractors["motion"].name, "detector_sha256": extractors["motion"].sha256,
+            "units": "mean |flow| px per frame of the input video",
+            "protocol": {"name": "EvalCrafter flow score",
+                         "definition": "mean |flow| over all pixels and consecutive-frame pairs, in input pixels "
+                                       "(= motion * min(H, W) / 256)",
+                         "differences": "flow from RAFT-small (6 updates, 128-px working size) rescaled to input "
+                                        "pixels; EvalCrafter runs RAFT-things, 20 updates, at native size"}})
 
     # ---- set-level metrics against reference statistics
     if "fvd" in metrics:

@@ -60,7 +60,7 @@ from kv_research.weights import MissingWeightsError, find_weights, sha256_file
 
 __all__ = ["MotionConfig", "load_raft", "princeton_to_torchvision", "flow_pairs", "motion_stats", "motion_score",
            "flow_statistics", "working_size",
-           "dynamic_degree", "flow_score", "MotionLabelCache", "weights_fingerprint"]
+           "dynamic_degree", "dynamic_from_stats", "flow_score", "MotionLabelCache", "weights_fingerprint"]
 
 
 @dataclass
@@ -304,11 +304,19 @@ def dynamic_degree(video: torch.Tensor, raft=None, *, threshold: float = 6.0, re
     iterations; the benchmark score is the fraction of dynamic videos. ``max(1, .)`` avoids VBench's
     round(0.5) = 0, which would call every 2-frame video dynamic.
     """
-    s = motion_stats(video, raft, **kw)
-    t = s["top"].shape[1] + 1
+    dynamic, counts = dynamic_from_stats(motion_stats(video, raft, **kw), threshold)
+    return (dynamic, counts) if return_counts else dynamic
+
+
+VBENCH_DYNAMIC_THRESHOLD = 6.0   # px at a 256-px short side, on the top-5 % mean |flow| of a pair
+
+
+def dynamic_from_stats(stats: dict, threshold: float = VBENCH_DYNAMIC_THRESHOLD) -> tuple[torch.Tensor, torch.Tensor]:
+    """VBench's rule (see ``dynamic_degree``) applied to ``motion_stats`` output -> (dynamic (B,) bool, pair counts)."""
+    t = stats["top"].shape[1] + 1
     need = max(1, round(4 * t / 16))
-    counts = (s["top"] > threshold).sum(dim=1)
-    return (counts >= need, counts) if return_counts else counts >= need
+    counts = (stats["top"] > threshold).sum(dim=1)
+    return counts >= need, counts
 
 
 # ----------------------------------------------------------------------------------------------- label cache
