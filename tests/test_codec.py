@@ -92,8 +92,9 @@ def test_movq_from_diffusers_folder_matches_vqmodel(k3):
     assert maxdiff(yv, torch.stack([codec.decode(zv[:, :, t]) for t in range(3)], 2)) <= 1e-6
     for n in (1, 4):  # chunks of 1 and 4 frames over B*T = 6: same results
         chunked = MoVQCodec(vq, "in memory", chunk_size=n)
-        assert maxdiff(chunked.encode(video), zv) <= 1e-6
-        assert maxdiff(chunked.decode(zv), yv) <= 1e-6
+        # another batch size changes BLAS blocking: equal up to float rounding (1.07e-6 seen on this AMD machine)
+        assert maxdiff(chunked.encode(video), zv) <= 1e-5
+        assert maxdiff(chunked.decode(zv), yv) <= 1e-5
     assert MoVQCodec(vq).identity()["sha256"].keys() == {"state_dict"}
     with pytest.raises(ValueError, match="multiple"):
         codec.encode(torch.rand(1, 3, 15, 16))
