@@ -228,7 +228,7 @@ class TextToVideoPipeline:
 
     @property
     def max_passes(self) -> int:
-        return MAX_PASSES if self.interpolation_pipe is not None else 0
+        return len(self.interpolation_pipe.skip_schedule) if self.interpolation_pipe is not None else 0
 
     @torch.no_grad()
     def first_latents(self, prompts: list[str], seeds: list[int], size: int, image01: torch.Tensor | None = None,
@@ -265,7 +265,7 @@ class TextToVideoPipeline:
         if passes > self.max_passes:
             raise ValueError(f"{passes} interpolation passes requested but "
                              + ("there is no interpolation model" if self.interpolation_pipe is None
-                                else f"at most {MAX_PASSES} are defined (s = {SKIP_FRAMES})"))
+                                else f"at most {self.max_passes} are defined (s = {self.interpolation_pipe.skip_schedule})"))
         if motion is not None:
             motion = torch.as_tensor(motion, dtype=torch.float32).reshape(-1)
             motion = motion.expand(len(prompts)) if motion.numel() == 1 else motion
@@ -281,8 +281,9 @@ class TextToVideoPipeline:
             x[:, :, 0] = first.to(x.dtype)
         bar.update()
         for i in range(passes):
-            bar.set_postfix_str(f"interpolation pass {i + 1} (s = {SKIP_FRAMES[i]})")
-            x = self.interpolation_pipe.interpolate(x, prompts, [pass_seed(s, i) for s in seeds], SKIP_FRAMES[i],
+            skip = self.interpolation_pipe.skip_schedule[i]
+            bar.set_postfix_str(f"interpolation pass {i + 1} (s = {skip})")
+            x = self.interpolation_pipe.interpolate(x, prompts, [pass_seed(s, i) for s in seeds], skip,
                                                     steps=interpolation_steps, progress=progress)
             bar.update()
         if decode:
