@@ -58,6 +58,11 @@ def frames_after(frames: int, n_passes: int) -> int:
     return frames
 
 
+def between_positions(frames: int) -> list[int]:
+    """Positions of the in-between frames of a (4G + 1)-frame window (keyframes at 0, 4, ..., 4G)."""
+    return [i for i in range(frames) if i % (FRAMES_PER_GROUP + 1)]
+
+
 class _Interpolator(TextConditionedPipeline):
     """What FusionFrames' interpolation and the MFI baseline share: the training loss on (4G + 1)-frame windows
     (keyframes at 0, 4, ..., 4G; the three frames between each pair are the targets), the sampler with context
@@ -83,9 +88,6 @@ class _Interpolator(TextConditionedPipeline):
             mask[len(prompts):] = False
         return text, mask
 
-    def encode(self, video01: torch.Tensor) -> torch.Tensor:
-        return self.codec.encode(video01.to(self.device))
-
     # ------------------------------------------------------------------------------------------- training
     def forward(self, mode: str, x0: torch.Tensor, captions: list[str], skip_frames: torch.Tensor,
                 generator: torch.Generator | None = None) -> torch.Tensor:
@@ -101,9 +103,8 @@ class _Interpolator(TextConditionedPipeline):
         step = FRAMES_PER_GROUP + 1
         if n < step + 1 or (n - 1) % step:
             raise ValueError(f"training windows must have 4G + 1 frames, got {tuple(x0.shape)}")
-        key_idx = torch.arange(0, n, step)
-        tgt_idx = torch.tensor([i for i in range(n) if i % step])
-        keyframes, targets = x0[:, :, key_idx], x0[:, :, tgt_idx]
+        tgt_idx = between_positions(n)
+        keyframes, targets = x0[:, :, ::step], x0[:, :, tgt_idx]
         captions = ["" if d else c for c, d in
                     zip(captions, (torch.rand(B, generator=generator) < cfg.p_uncond_text).tolist())]
         text, mask = self.encode_text(captions)
@@ -186,9 +187,7 @@ class InterpolationPipeline(_Interpolator):
         super().__init__(unet, *args, **kwargs)
 
     def _predict(self, x_t, t, text, mask, keyframes, tp, skip, keep, text_projected):
-        n = x_t.shape[2]
-        tgt = [i for i in range(n) if i % (FRAMES_PER_GROUP + 1)]
-        return self.unet(x_t[:, :, tgt], t, text, mask, keyframes, perturbation_time=tp, skip_frames=skip,
+        return self.unet(x_t[:, :, between_positions(x_t.shape[2])], t, text, mask, keyframes, perturbation_time=tp, skip_frames=skip,
                          temporal_mask=keep, keyframes_keep=keep, text_projected=text_projected)
 
 
@@ -204,11 +203,9 @@ class MFIPipeline(_Interpolator):
         super().__init__(unet, *args, **kwargs)
 
     def _predict(self, x_t, t, text, mask, keyframes, tp, skip, keep, text_projected):
-        n = x_t.shape[2]
-        tgt = [i for i in range(n) if i % (FRAMES_PER_GROUP + 1)]
         out = self.unet(x_t, t, text, mask, keyframes, perturbation_time=tp, skip_frames=skip,
                         keyframes_keep=keep, text_projected=text_projected)
-        return out[:, :, tgt]
+        return out[:, :, between_positions(x_t.shape[2])]
 
 
 class TextToVideoPipeline:

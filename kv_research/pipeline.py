@@ -61,6 +61,10 @@ class TextConditionedPipeline(nn.Module):
     def device(self):
         return next(self.unet.parameters()).device
 
+    def encode(self, video01: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1] (B, 3, [T,] H, W) -> the codec's latents: what the losses take as ``x0``."""
+        return self.codec.encode(video01.to(self.device))
+
     def encode_text(self, prompts: list[str]):
         """Raw tokens and mask as the UNet takes them under this checkpoint's conventions."""
         tokens, mask = self.text_encoder(prompts)
@@ -115,10 +119,6 @@ class KeyframePipeline(TextConditionedPipeline):
         if mode == "image":
             return self.image_loss(x0, captions, generator)
         return self.video_loss(x0, captions, motion, generator)
-
-    def encode(self, video01: torch.Tensor) -> torch.Tensor:
-        """Pixels in [0, 1] (B, 3, [T,] H, W) -> the codec's latents: what the losses take as ``x0``."""
-        return self.codec.encode(video01.to(self.device))
 
     def image_loss(self, x0: torch.Tensor, captions: list[str], generator: torch.Generator | None = None):
         """Text-to-image loss on single frames ``x0`` (B, C, h, w) in the codec's space (``encode``): the image

@@ -39,3 +39,18 @@ def _cache_dir(tmp_path_factory, monkeypatch):
     # keep every cache inside pytest's tmp folder unless a test sets its own
     if "KV_CACHE_DIR" not in os.environ:
         monkeypatch.setenv("KV_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kv_cache"))
+
+
+@pytest.fixture(scope="module")
+def smoke_image_unet():
+    """The smoke text-to-image UNet (seed 0) as if trained: its conditional norms (zero at initialisation) respond
+    to the time embedding, so equalities at initialisation are not trivially zero. Callers must not modify it."""
+    import kv_research as kv
+    torch.manual_seed(0)
+    img = kv.build_unet("Spatial", preset="smoke").eval()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, prm in img.named_parameters():
+            if "context_mlp" in name:
+                prm.copy_(torch.randn(prm.shape, generator=g) * 0.1)
+    return img
