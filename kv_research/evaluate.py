@@ -1,19 +1,30 @@
 """Command line: evaluate a folder of generated videos against their prompts.
 
     python -m kv_research.evaluate --videos DIR --prompts FILE [--metrics fvd,clipsim,motion,fvd_syn,
-        clipsim_syn,attr_acc,dynamic_degree,flow_score] [--reference DIR] --out DIR [--strict] [--overwrite]
+        clipsim_syn,attr_acc,dynamic_degree,flow_score | synthetic] [--reference DIR] --out DIR [--strict]
+        [--overwrite] [--motion-protocol suite|vbench [--fps FPS]]
 
 Videos: .mp4/.avi/.webm/.gif/.mov/.mkv (decoded by ``kv_research.data.video.read_video``) or .npy/.npz holding
 (T,H,W,3) uint8 (.npz: key ``video`` or a single array). Prompts: a CSV with columns ``video`` (file name, with
 or without extension), ``prompt`` and optionally ``motion`` (requested motion score), or a .txt with one prompt
 per line in the sorted order of the video files. Writes ``OUT/per_video.csv`` (column ``video``, then one
 column per metric) and ``OUT/summary.json`` (each metric with its interval, N, detector name and hash; ``inputs``
-with an ``id`` of what was evaluated; ``skipped``).
+with an ``id`` of what was evaluated; ``skipped``; ``metrics_skipped``).
+
+Default metrics: the real ones a user evaluating their own generator expects, ``fvd,clipsim,motion``. Without
+``--metrics`` each of them whose reference (``--reference`` for FVD) or detector weights are missing is left out
+with one line ``metric NAME skipped: reason`` on stderr and listed in ``summary.json["metrics_skipped"]``; an
+explicit ``--metrics`` makes a missing one an error instead. ``--metrics synthetic`` is the synthetic benchmark's
+set (``fvd_syn,clipsim_syn,attr_acc,motion``: evaluators trained on the synthetic videos, meaningful only for them).
 
 Motion metrics, from one RAFT pass: ``motion`` (this project's score, ``metrics/motion.py``), ``dynamic_degree``
 (VBench: the fraction of dynamic videos) and ``flow_score`` (EvalCrafter: mean |flow| in input pixels). Each
 summary entry has a ``protocol`` naming the convention and how this implementation differs from the original
-(RAFT-small at a 128-px working size, frames as given).
+(RAFT-small at a 128-px working size, frames as given). ``--motion-protocol vbench`` computes ``dynamic_degree``
+with VBench's own protocol instead (every round(fps/8)-th native frame, 20 RAFT refinements, native resolution;
+``metrics.motion.vbench_motion_stats``); the frame rate is the clips' own (video files) or ``--fps`` (needed for
+.npy/.npz, and overriding the files'); clips of different frame rates, or too short to keep 2 frames, are errors.
+``summary.json["metrics"]["dynamic_degree"]["protocol"]["variant"]`` records which protocol was used.
 
 Bad inputs (issue 13): each gets a clear error -- exit status 2 and one line ``error: ...`` naming the file or the
 option and its value (``--debug`` or ``KV_DEBUG=1`` shows the traceback instead) -- or a visible skip. Everything
@@ -23,7 +34,8 @@ I3D:
 1. Options: argparse's own errors are one line too; ``--batch-size`` >= 1, ``--n-boot`` in [1, 10^6],
    ``--num-frames`` >= 1 (>= 2 with a motion metric), ``--size`` in [8, 4096], ``--data-size`` in [8, 1024],
    ``--data-frames`` in [2, 256], ``--seed`` >= 0, ``--device`` a torch device that exists, ``--evaluator-preset``
-   a known preset; metric names are checked against ``metrics.core.METRICS``.
+   a known preset; metric names are checked against ``metrics.core.METRICS``; ``--motion-protocol`` is suite or
+   vbench (vbench only with ``dynamic_degree``), ``--fps`` in (0, 1000] and only with ``--motion-protocol vbench``.
 2. Output folder: an ``--out`` that is a file, lies under a file or cannot be written in is refused. An ``--out``
    holding a ``summary.json`` of other inputs is refused unless ``--overwrite``: ``summary.json["inputs"]["id"]``
    hashes the resolved videos folder, prompt file and reference folder, the metric set, ``--num-frames`` and
@@ -74,7 +86,10 @@ from .utils import (InputFileError, atomic_write_json, atomic_write_text, check_
 
 MEDIA_EXTENSIONS = (".mp4", ".avi", ".webm", ".gif", ".mov", ".mkv", ".m4v")
 ARRAY_EXTENSIONS = (".npy", ".npz")
-DEFAULT_METRICS = "fvd_syn,clipsim_syn,attr_acc,motion"
+DEFAULT_METRICS = "fvd,clipsim,motion"      # each left out with a notice when its weights or reference are missing
+METRIC_SETS = {"synthetic": "fvd_syn,clipsim_syn,attr_acc,motion"}   # --metrics synthetic: for synthetic videos
+MOTION_PROTOCOLS = ("suite", "vbench")       # --motion-protocol: dynamic_degree's (metrics.motion.dynamic_degree)
+MAX_FPS = 1000.0
 MIN_SIDE = 8          # px; frames smaller than this on a side (a 1x1 "video") are refused, not upscaled into noise
 MAX_SIZE = 4096       # --size upper bound
 
@@ -227,21 +242,26 @@ def _read_array(path: Path) -> np.ndarray:
         raise VideoDecodeError(path, f"cannot read the array ({type(e).__name__}: {' '.join(str(e).split())})") from e
 
 
-def load_video(path: Path, num_frames: int | None, size: int | None) -> torch.Tensor:
+def load_video(path: Path, num_frames: int | None, size: int | None, info: dict | None = None) -> torch.Tensor:
     """(3,T,H,W) float [0,1]. Arrays: first ``num_frames`` frames, short side to ``size`` + centre crop.
 
+    ``info`` (a dict), if given, gets ``fps``: the file's native frame rate, None for arrays (they store none).
     Raises ``VideoDecodeError`` (path + reason) for a clip that cannot be used (module docstring, point 4)."""
+    if info is not None:
+        info["fps"] = None
     if path.stat().st_size == 0:
         raise VideoDecodeError(path, "empty file (0 bytes)")
     if path.suffix.lower() not in ARRAY_EXTENSIONS:
         from .data.video import read_video
         try:
-            video, info = read_video(path, num_frames=num_frames, size=size, return_info=True)
+            video, meta = read_video(path, num_frames=num_frames, size=size, return_info=True)
         except VideoDecodeError:
             raise
         except (ValueError, RuntimeError, OSError, EOFError, IndexError) as e:    # anything else the decoder raises
             raise VideoDecodeError(path, f"decoding failed ({type(e).__name__}: {' '.join(str(e).split())})") from e
-        _check_frames(path, (video.shape[1], *info["source_hw"]))
+        _check_frames(path, (video.shape[1], *meta["source_hw"]))
+        if info is not None:
+            info["fps"] = meta.get("native_fps")
         return video
     arr = _read_array(path)
     if num_frames is not None:
@@ -261,15 +281,19 @@ def load_video(path: Path, num_frames: int | None, size: int | None) -> torch.Te
 
 
 def load_folder(files: list[Path], num_frames, size, what: str, progress: bool, *, strict: bool = False,
-                min_frames: int = 1, why: str = "") -> tuple[torch.Tensor, list[Path], list[tuple[Path, str]]]:
+                min_frames: int = 1, why: str = "", fps_of: dict | None = None
+                ) -> tuple[torch.Tensor, list[Path], list[tuple[Path, str]]]:
     """Decode each file once -> (stacked usable clips (N,3,T,H,W), their paths, [(path, reason)] skipped).
+
+    ``fps_of`` (a dict), if given, gets {path: native fps or None} of the usable clips (``--motion-protocol``).
 
     A clip that cannot be used (``VideoDecodeError``, or fewer than ``min_frames`` frames, ``why`` says for what)
     is skipped with one line on stderr, or with ``strict`` is an ``EvaluateInputError`` naming it."""
     videos, kept, skipped = [], [], []
     for p in tqdm(files, desc=f"read {what}", disable=not progress):
         try:
-            v = load_video(p, num_frames, size)
+            meta: dict = {}
+            v = load_video(p, num_frames, size, meta)
             if v.shape[1] < min_frames:
                 raise VideoDecodeError(p, f"{v.shape[1]} frame{'s' if v.shape[1] != 1 else ''}; {why} need "
                                           f">= {min_frames} frames")
@@ -282,6 +306,8 @@ def load_folder(files: list[Path], num_frames, size, what: str, progress: bool, 
             continue
         videos.append(v)
         kept.append(p)
+        if fps_of is not None:
+            fps_of[p] = meta.get("fps")
     if not videos:
         raise EvaluateInputError(f"none of the {len(files)} {what} files in {files[0].parent} can be used "
                                  f"(each was skipped, reasons above)")
@@ -324,13 +350,48 @@ def preflight_weights(metrics: list[str], args) -> None:
 
 def parse_metrics(text: str) -> list[str]:
     from .metrics.core import METRICS
+    text = METRIC_SETS.get(text.strip(), text)
     metrics = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:
-        raise EvaluateInputError(f"--metrics: unknown metrics {unknown}; known: {', '.join(METRICS)}")
+        raise EvaluateInputError(f"--metrics: unknown metrics {unknown}; known: {', '.join(METRICS)} "
+                                 f"(or a set: {', '.join(METRIC_SETS)})")
     if len(set(metrics)) != len(metrics):
         raise EvaluateInputError(f"--metrics {text!r} names a metric twice")
     return metrics
+
+
+_WEIGHT_NOTES = {"fvd": "no StyleGAN-V I3D weights (i3d_torchscript.pt) in $KV_WEIGHTS_DIR or --i3d",
+                 "clipsim": "no OpenAI CLIP ViT-B/32 weights (ViT-B-32.pt or its open_clip conversion) in "
+                            "$KV_WEIGHTS_DIR or --clip",
+                 "motion": "no RAFT-small weights (raft-small.pth or torchvision's) in $KV_WEIGHTS_DIR or --raft"}
+
+
+def default_metrics(args) -> tuple[list[str], list[dict]]:
+    """``DEFAULT_METRICS`` less those whose reference or weights are missing -> (metrics, [{metric, reason}]).
+
+    Why: the default is what a user evaluating their own generator expects, and a missing I3D file should cost
+    them FVD, not the whole run; the notice (stderr and summary.json) keeps the omission visible."""
+    from .weights import MissingWeightsError
+    kept, dropped = [], []
+    for m in parse_metrics(DEFAULT_METRICS):
+        reason = None
+        if m == "fvd" and args.reference is None:
+            reason = "no --reference folder of real videos (FVD is a distance to a reference set)"
+        else:
+            try:
+                preflight_weights([m], args)
+            except MissingWeightsError:
+                reason = _WEIGHT_NOTES[m]
+        if reason is None:
+            kept.append(m)
+        else:
+            dropped.append({"metric": m, "reason": reason})
+    if not kept:
+        raise EvaluateInputError("none of the default metrics (" + DEFAULT_METRICS + ") can run: "
+                                 + "; ".join(f"{d['metric']}: {d['reason']}" for d in dropped)
+                                 + " (provide them, or pass --metrics, e.g. --metrics synthetic for synthetic videos)")
+    return kept, dropped
 
 
 def check_options(args, metrics: list[str]) -> None:
@@ -350,6 +411,15 @@ def check_options(args, metrics: list[str]) -> None:
     need("--data-size", args.data_size, 8, 1024)
     need("--data-frames", args.data_frames, 2, 256)
     need("--seed", args.seed, 0)
+    if args.fps is not None:
+        if not (math.isfinite(args.fps) and 0 < args.fps <= MAX_FPS):
+            raise EvaluateInputError(f"--fps must be a frame rate in (0, {MAX_FPS:g}], got {args.fps}")
+        if args.motion_protocol != "vbench":
+            raise EvaluateInputError(f"--fps {args.fps:g} is used only with --motion-protocol vbench (the suite "
+                                     "protocol takes the frames as given)")
+    if args.motion_protocol == "vbench" and "dynamic_degree" not in metrics:
+        raise EvaluateInputError("--motion-protocol vbench applies to dynamic_degree, which --metrics does not "
+                                 f"request ({', '.join(metrics)})")
     try:
         device = torch.device(args.device)
     except (RuntimeError, ValueError) as e:
@@ -372,6 +442,8 @@ def input_identity(args, metrics: list[str]) -> dict:
         return str(Path(p).expanduser().resolve()) if p is not None else None
     ident = {"videos": resolved(args.videos), "prompts": resolved(args.prompts), "reference": resolved(args.reference),
              "metrics": sorted(metrics), "num_frames": args.num_frames, "size": args.size}
+    if args.motion_protocol != "suite":     # only when not the default, so earlier runs keep their id
+        ident.update(motion_protocol=args.motion_protocol, fps=args.fps)
     ident["id"] = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     return ident
 
@@ -418,7 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="python -m kv_research.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--videos", required=True, type=Path, help="folder of generated videos")
     ap.add_argument("--prompts", required=True, type=Path, help="CSV (video,prompt[,motion]) or .txt")
-    ap.add_argument("--metrics", default=DEFAULT_METRICS, help=f"comma list (default {DEFAULT_METRICS})")
+    ap.add_argument("--metrics", default=None,
+                    help=f"comma list, or 'synthetic' ({METRIC_SETS['synthetic']}); default {DEFAULT_METRICS}, "
+                         "each left out with a notice when its weights or --reference are missing")
     ap.add_argument("--reference", type=Path, help="folder of real videos (required for fvd)")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--overwrite", action="store_true",
@@ -432,6 +506,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="FVD: resample clips shorter than 16 frames by index repetition (recorded in summary)")
     ap.add_argument("--clip", help="path of the CLIP ViT-B/32 weights (default: $KV_WEIGHTS_DIR)")
     ap.add_argument("--raft", help="path of RAFT-small weights (default: $KV_WEIGHTS_DIR)")
+    ap.add_argument("--motion-protocol", choices=MOTION_PROTOCOLS, default="suite",
+                    help="dynamic_degree: 'suite' (frames as given, RAFT-small 6 updates at 128 px; default) or "
+                         "'vbench' (every round(fps/8)-th native frame, 20 updates, native resolution)")
+    ap.add_argument("--fps", type=float, help="native frame rate of the clips for --motion-protocol vbench "
+                                              "(default: the video files'; needed for .npy/.npz)")
     ap.add_argument("--evaluator-preset", default="quick", help="synthetic evaluators: smoke | quick")
     ap.add_argument("--data-size", type=int, default=32, help="synthetic benchmark frame size (evaluators)")
     ap.add_argument("--data-frames", type=int, default=8, help="synthetic benchmark clip length (evaluators)")
@@ -453,7 +532,12 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         progress = not args.no_progress
-        metrics = parse_metrics(args.metrics)
+        if args.metrics is None:
+            metrics, metrics_skipped = default_metrics(args)
+            for d in metrics_skipped:
+                print(f"metric {d['metric']} skipped: {d['reason']}", file=sys.stderr)
+        else:
+            metrics, metrics_skipped = parse_metrics(args.metrics), []
         check_options(args, metrics)
         inputs = input_identity(args, metrics)
         check_out_folder(args.out, inputs, args.overwrite)
@@ -464,8 +548,10 @@ def main(argv=None) -> int:
             raise EvaluateInputError("metric 'fvd' needs --reference DIR (real videos)")
         preflight_weights(metrics, args)
         motion_metrics = [m for m in metrics if m in MOTION_METRICS]
+        fps_of: dict = {}
         videos, kept, skipped = load_folder(files, args.num_frames, args.size, "videos", progress, strict=args.strict,
-                                            min_frames=2 if motion_metrics else 1, why=", ".join(motion_metrics))
+                                            min_frames=2 if motion_metrics else 1, why=", ".join(motion_metrics),
+                                            fps_of=fps_of)
         reference, ref_skipped = None, []
         if ref_files:
             reference, ref_files, ref_skipped = load_folder(ref_files, args.num_frames, args.size, "reference",
@@ -488,6 +574,7 @@ def main(argv=None) -> int:
             if short:
                 raise EvaluateInputError(f"FVD needs clips of >= {need} frames, got {short}; pass longer videos or "
                                          "--fvd-repeat-short (index repetition, recorded in the summary)")
+        fps = vbench_fps(args, kept, fps_of, videos.shape[2]) if args.motion_protocol == "vbench" else None
     except (EvaluateInputError, InputFileError, MissingWeightsError, VideoDecodeError) as e:
         if debug_enabled():
             raise
@@ -504,10 +591,12 @@ def main(argv=None) -> int:
         data_cfg=SyntheticConfig(size=args.data_size, frames=args.data_frames), evaluator_preset=args.evaluator_preset,
         reference_id=folder_id(ref_files, args.num_frames, args.size) if ref_files else None,
         fvd_protocol=FVDProtocol(short_clips="repeat" if args.fvd_repeat_short else "error"),
-        batch_size=args.batch_size, device=args.device, n_boot=args.n_boot, seed=args.seed, progress=progress)
+        batch_size=args.batch_size, device=args.device, n_boot=args.n_boot, seed=args.seed, progress=progress,
+        motion_protocol=args.motion_protocol, fps=fps)
     summary["inputs"] = inputs
     summary["n_files"] = len(files)
     summary["skipped"] = _skipped(skipped)
+    summary["metrics_skipped"] = metrics_skipped
     if ref_files is not None:
         summary["reference_skipped"] = _skipped(ref_skipped)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -519,6 +608,32 @@ def main(argv=None) -> int:
     print(f"wrote {args.out / 'per_video.csv'} and {args.out / 'summary.json'}"
           + (f" ({len(skipped)} skipped clips listed there)" if skipped else ""))
     return 0
+
+
+def vbench_fps(args, kept: list[Path], fps_of: dict, num_frames: int) -> float:
+    """The one frame rate of the clips for ``--motion-protocol vbench`` (``--fps`` wins), checked to keep >= 2
+    frames; clips without a stored rate (arrays) or of different rates are errors naming them."""
+    from .metrics.motion import VBENCH_TARGET_FPS, vbench_frame_indices
+    if args.fps is not None:
+        fps = args.fps
+    else:
+        unknown = [p.name for p in kept if not fps_of.get(p)]
+        if unknown:
+            raise EvaluateInputError(f"--motion-protocol vbench needs the clips' frame rate; {len(unknown)} files "
+                                     f"store none ({', '.join(unknown[:5])}): pass --fps")
+        rates = {p.name: float(fps_of[p]) for p in kept}
+        if max(rates.values()) - min(rates.values()) > 1e-6:
+            detail = ", ".join(f"{n}: {r:g}" for n, r in list(rates.items())[:6])
+            raise EvaluateInputError(f"--motion-protocol vbench: the clips have different frame rates ({detail} ...);"
+                                     " evaluate each rate separately, or pass --fps to treat them alike")
+        fps = next(iter(rates.values()))
+    kept_idx = vbench_frame_indices(num_frames, fps)
+    if len(kept_idx) < 2:
+        step = max(1, round(fps / VBENCH_TARGET_FPS))
+        raise EvaluateInputError(f"--motion-protocol vbench at {fps:g} fps keeps every {step}-th frame: clips of "
+                                 f"{num_frames} frames keep {len(kept_idx)}; dynamic_degree needs >= 2 (clips of "
+                                 f">= {step + 1} frames)")
+    return fps
 
 
 def _load_raft(path, device):

@@ -7,7 +7,9 @@
 
 Model sources (exactly one):
 
-* ``--run DIR``: an ``experiments/ablate_blocks.py`` run folder (``DIR/run.json``,
+* ``--run DIR``: an ``experiments/interpolation.py`` folder (its keyframe model and its FusionFrames interpolation
+  model, ``--passes`` 0-2 at the study's s = 4, 1; ``--motion`` presets are quantiles of the clips' ground-truth
+  motion it trained with), or an ``experiments/ablate_blocks.py`` run folder (``DIR/run.json``,
   ``DIR/variants/<name>/checkpoints/last.safetensors``); ``--variant NAME`` (default: the first variant of the run
   that has a checkpoint). Its codec (and video decoder) is the one the run recorded in ``run.json``. Those folders
   hold keyframe models only, so ``--passes`` above 0 is refused before any work.
@@ -158,6 +160,49 @@ class Loaded:
     frames: int = RELEASE_FRAMES           # default keyframe count
     size: int = RELEASE_SIZE               # default pixel size
     interpolation_steps: int | None = None
+
+
+def is_interpolation_study(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` is an ``experiments/interpolation.py`` folder (keyframe + interpolation models)."""
+    rj = Path(run_dir) / "run.json"
+    try:
+        return rj.is_file() and json.loads(rj.read_text()).get("kind") == "interpolation"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{rj} is not valid JSON ({e})") from None
+
+
+def check_interpolation_study(run_dir: str | Path, variant: str | None) -> None:
+    """Every file ``load_interpolation_study`` reads exists (checked before any work)."""
+    if variant:
+        raise ValueError(f"--variant {variant!r}: an interpolation study folder has one keyframe model "
+                         "(Conv1dAttn1dBlocks); leave --variant out")
+    run_dir = Path(run_dir)
+    for what, f in (("image", run_dir / "image"), ("keyframe", run_dir / "keyframe"),
+                    ("interpolation", run_dir / "rows" / "FusionFrames")):
+        ck = f / "checkpoints" / "last.safetensors"
+        for file in (ck, ck.with_suffix(".json")):
+            if not file.is_file():
+                raise FileNotFoundError(f"--run {run_dir}: the {what} model is missing ({file}); has the study "
+                                        "finished training? Re-run experiments/interpolation.py with the same --out")
+
+
+def load_interpolation_study(run_dir: str | Path, device="cpu") -> Loaded:
+    """The keyframe model and the FusionFrames interpolation model of an ``experiments/interpolation.py`` folder."""
+    from .config import get_preset
+    from .interpolation_pipeline import TextToVideoPipeline
+    from .interpolation_study import load_study_models
+    run_dir = Path(run_dir)
+    keyframe, ff, files, cfg = load_study_models(run_dir, device=device)
+    meta = json.loads((run_dir / "run.json").read_text())
+    labels = np.asarray(meta["motion_labels"], dtype=np.float64) if meta.get("motion_labels") else None
+    sources = {"kind": "run", "run": str(run_dir.resolve()), "variant": keyframe.unet.config.variant,
+               "files": {k: _file_entry(f) for k, f in files.items()} | {"run.json": _file_entry(run_dir / "run.json")},
+               "codec": keyframe.codec.name, "codec_spec": "pixels", "video_decoder": None,
+               "motion_labels": f"{run_dir / 'run.json'} ['motion_labels']" if labels is not None else None,
+               "interpolation": "FusionFrames", "skip_schedule": list(ff.skip_schedule)}
+    p = get_preset(cfg.preset)
+    return Loaded(TextToVideoPipeline(keyframe, ff), "run", sources, labels, cfg.data.keyframes,
+                  p.size * keyframe.codec.scale_factor, interpolation_steps=cfg.eval.steps)
 
 
 def run_checkpoint(run_dir: str | Path, variant: str | None = None) -> tuple[Path, str, dict]:
@@ -321,7 +366,7 @@ def generate_videos(loaded: Loaded, prompts: list[str], out: str | Path, *, moti
     from tqdm.auto import tqdm
 
     from .data.video import save_video
-    from .interpolation_pipeline import SKIP_FRAMES, frames_after
+    from .interpolation_pipeline import frames_after
     from .pipeline import sample_seed
     t0 = time.perf_counter()
     pipe = loaded.pipe
@@ -359,7 +404,7 @@ def generate_videos(loaded: Loaded, prompts: list[str], out: str | Path, *, moti
             "motion": {"requested": motion if isinstance(motion, str) else float(motion), "value": value, "how": how},
             "steps": steps or kp.diffusion_cfg.sample_steps, "sampler": kp.diffusion_cfg.sampler,
             "interpolation_steps": (isteps or pipe.interpolation_pipe.diffusion_cfg.sample_steps) if passes else None,
-            "passes": passes, "skip_frames": list(SKIP_FRAMES[:passes]),
+            "passes": passes, "skip_frames": list(pipe.interpolation_pipe.skip_schedule[:passes]) if passes else [],
             "frames": {"keyframes": frames, "output": frames_after(frames, passes)}, "fps": fps,
             "size": {"pixels": size_px, "latent": size_px // scale},
             "image": None if image is None else _file_entry(image),
@@ -414,10 +459,12 @@ def main(argv: list[str] | None = None, text_encoder: torch.nn.Module | None = N
     if args.run:
         if args.text_encoder or args.unet_kwargs:
             raise ValueError("--text-encoder / --unet-kwargs are for --kandinsky-video (a run folder has its own)")
-        run_checkpoint(args.run, args.variant)
-        if args.passes > 0:
+        if is_interpolation_study(args.run):
+            check_interpolation_study(args.run, args.variant)
+        elif run_checkpoint(args.run, args.variant) and args.passes > 0:
             raise ValueError(f"--passes {args.passes}: run folder {args.run} has no interpolation model "
-                             "(experiments/ablate_blocks.py trains keyframe models only); use --passes 0")
+                             "(experiments/ablate_blocks.py trains keyframe models only; an experiments/interpolation.py "
+                             "folder has one); use --passes 0")
     else:
         if args.variant:
             raise ValueError("--variant is for --run")
@@ -435,7 +482,8 @@ def main(argv: list[str] | None = None, text_encoder: torch.nn.Module | None = N
                                     f"({', '.join(DECODER_VARIANTS)}) nor an existing video_movq.pt")
     # loading
     if args.run:
-        loaded = load_run(args.run, args.variant, device=args.device)
+        loaded = (load_interpolation_study(args.run, device=args.device) if is_interpolation_study(args.run)
+                  else load_run(args.run, args.variant, device=args.device))
     else:
         if text_encoder is None:
             from .models.text import T5TextEncoder

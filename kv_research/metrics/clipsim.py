@@ -24,6 +24,7 @@ from einops import rearrange
 from torch import nn
 
 from ..weights import KNOWN, MissingWeightsError, find_weights, sha256_file
+from .inputs import check_videos
 
 __all__ = ["CLIP_MODEL_NAME", "ClipSimExtractor", "load_clip_vitb32", "pil_frame_transform", "clipsim_scores"]
 
@@ -43,7 +44,9 @@ def pil_frame_transform(preprocess: Callable) -> Callable[[torch.Tensor], torch.
 
 
 class ClipSimExtractor(nn.Module):
-    """(B,3,T,H,W) videos in [0,1] + B prompts -> (B,) mean-over-frames cosine; also exposes embeddings.
+    """(B,3,T,H,W) videos, float in [0,1] or uint8, + B prompts -> (B,) mean-over-frames cosine; also embeddings.
+
+    Other input (0-255 floats, [-1,1], NaN, wrong layout) is refused by ``inputs.check_videos``, not clamped.
 
     ``image_transform`` maps (N,3,H,W) [0,1] frames to the model's input; ``tokenizer`` maps a list of
     strings to token ids. ``max_frames`` (None = all) subsamples frames evenly for speed and is reported.
@@ -73,8 +76,8 @@ class ClipSimExtractor(nn.Module):
 
     @torch.no_grad()
     def encode_frames(self, videos: torch.Tensor) -> torch.Tensor:
-        """(B,3,T,H,W) [0,1] -> (B, T', D) L2-normalised image embeddings of (a subsample of) the frames."""
-        videos = self._subsample(videos)
+        """(B,3,T,H,W) [0,1] or uint8 -> (B, T', D) L2-normalised image embeddings of (a subsample of) the frames."""
+        videos = self._subsample(check_videos(videos, f"CLIPSIM ({self.name})", allow_uint8=True))
         b = videos.shape[0]
         frames = rearrange(videos, "b c t h w -> (b t) c h w")                # every frame is an image
         embs = []
@@ -92,6 +95,7 @@ class ClipSimExtractor(nn.Module):
 
     @torch.no_grad()
     def forward(self, videos: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        videos = check_videos(videos, f"CLIPSIM ({self.name})", allow_uint8=True)
         if len(prompts) != videos.shape[0]:
             raise ValueError(f"{videos.shape[0]} videos but {len(prompts)} prompts")
         img = self.encode_frames(videos)                                       # (B, T, D)

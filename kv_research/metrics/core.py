@@ -77,23 +77,38 @@ class ClipSimMetric(nn.Module):
 
 class MotionMetric(nn.Module):
     """One RAFT pass (``kv_research.metrics.motion.motion_stats``) -> {"motion": (B,) THE motion score,
-    "flow_score": (B,) EvalCrafter flow score, "dynamic_degree": (B,) 1.0/0.0 VBench dynamic, "dynamic_pairs": (B,)}."""
+    "flow_score": (B,) EvalCrafter flow score, "dynamic_degree": (B,) 1.0/0.0 VBench dynamic, "dynamic_pairs": (B,)}.
+
+    ``dynamic_protocol="vbench"`` computes dynamic degree from a second pass under VBench's own protocol
+    (``motion.vbench_motion_stats``, needs ``fps``); ``suite_pass=False`` skips the first pass when only
+    dynamic degree is wanted."""
     key = "motion"
 
-    def __init__(self, raft=None, device="cpu"):
+    def __init__(self, raft=None, device="cpu", dynamic_protocol: str = "suite", fps: float | None = None,
+                 suite_pass: bool = True):
         super().__init__()
         from . import motion
         self._motion = motion
+        motion.dynamic_protocol_info(dynamic_protocol, fps)          # unknown protocol -> ValueError, before RAFT
+        if dynamic_protocol == "vbench":
+            motion.vbench_frame_indices(2, fps)                        # fps checked before any RAFT work
+        self.dynamic_protocol, self.fps = dynamic_protocol, fps
+        self.suite_pass = suite_pass or dynamic_protocol == "suite"
         self.raft = raft if raft is not None else motion.load_raft(device=device)
         weights = getattr(self.raft, "kv_weights", None) or {}
         self.name = f"torchvision RAFT ({weights.get('key', type(self.raft).__name__)}), {motion.MotionConfig()}"
         self.sha256 = motion.weights_fingerprint(self.raft)
 
     def forward(self, videos, prompts=None) -> dict:
-        s = self._motion.motion_stats(videos, raft=self.raft)
+        out = {}
+        if self.suite_pass:
+            s = self._motion.motion_stats(videos, raft=self.raft)
+            out.update(motion=s["motion_score"], flow_score=s["motion_score"] * s["scale_to_input"])
+        if self.dynamic_protocol == "vbench":
+            s = self._motion.vbench_motion_stats(videos, raft=self.raft, fps=self.fps)
         dynamic, counts = self._motion.dynamic_from_stats(s)
-        return {"motion": s["motion_score"], "flow_score": s["motion_score"] * s["scale_to_input"],
-                "dynamic_degree": dynamic.double(), "dynamic_pairs": counts}
+        out.update(dynamic_degree=dynamic.double(), dynamic_pairs=counts)
+        return out
 
 
 @torch.no_grad()
@@ -119,13 +134,16 @@ def evaluate_videos(videos: torch.Tensor, prompts: Sequence[str], *, requested_m
                     batch_size: int = 8,
                     device="cpu", level: float = 0.95, n_boot: int = 1000, n_boot_fvd: int = 200,
                     fvd_subsets: int = 5, motion_threshold: float | None = None, seed: int = 0,
-                    progress: bool = True, cache_dir=None) -> tuple[pd.DataFrame, dict]:
+                    progress: bool = True, cache_dir=None, motion_protocol: str = "suite",
+                    fps: float | None = None) -> tuple[pd.DataFrame, dict]:
     """Evaluate N generated videos (N,3,T,H,W) in [0,1] with their prompts.
 
     ``reference_videos`` (M,3,T',H',W') are real videos for FVD (required for ``fvd``); for ``fvd_syn`` the
     default reference is the synthetic test split rendered at the evaluators' config. ``fvd_protocol``
     (``FVDProtocol``) applies when ``i3d`` is loaded here. Detectors not given
     (``i3d``, ``clip``, ``raft``, ``evaluators``) are loaded from ``$KV_WEIGHTS_DIR`` / trained-and-cached.
+    ``motion_protocol`` ("suite" or "vbench") is the protocol of ``dynamic_degree`` (``motion.dynamic_degree``;
+    "vbench" needs the clips' native ``fps``); its summary entry records it under ``protocol``.
     Returns ``per_video`` (column ``video``, then one column per per-video metric, then ``prompt``) and
     ``summary`` = {"n_videos", "video_shape", "ci_level", "metrics": {name: {"value", "ci_low", "ci_high", "n",
     "detector", "detector_sha256", ...}}}.
@@ -133,6 +151,14 @@ def evaluate_videos(videos: torch.Tensor, prompts: Sequence[str], *, requested_m
     from .bootstrap import bootstrap_ci
 
     metrics = _check_inputs(videos, prompts, requested_motion, reference_videos, metrics, names)
+    if motion_protocol not in ("suite", "vbench"):
+        raise ValueError(f"unknown motion_protocol {motion_protocol!r}; known: suite, vbench")
+    if motion_protocol == "vbench" and "dynamic_degree" in metrics:
+        from .motion import vbench_frame_indices
+        kept = vbench_frame_indices(videos.shape[2], fps)
+        if len(kept) < 2:
+            raise ValueError(f"motion_protocol 'vbench' at {fps:g} fps keeps frames {kept} of T={videos.shape[2]}; "
+                             "dynamic_degree needs >= 2 (longer clips, or the suite protocol)")
     n = videos.shape[0]
     names = list(names) if names is not None else [f"video_{i:04d}" for i in range(n)]
     prompts = list(prompts)
@@ -158,7 +184,10 @@ def evaluate_videos(videos: torch.Tensor, prompts: Sequence[str], *, requested_m
             clip = load_clip_vitb32(clip, device=device)
         extractors["clipsim"] = ClipSimMetric(clip, "clipsim")
     if set(MOTION_METRICS) & set(metrics):
-        extractors["motion"] = MotionMetric(raft, device=device)
+        vbench = motion_protocol == "vbench" and "dynamic_degree" in metrics
+        extractors["motion"] = MotionMetric(raft, device=device, dynamic_protocol="vbench" if vbench else "suite",
+                                            fps=fps if vbench else None,
+                                            suite_pass=bool({"motion", "flow_score"} & set(metrics)))
 
     # ---- the one loop over generated videos
     out = run_extractors(list(extractors.values()), videos, prompts, batch_size, device, progress)
@@ -214,18 +243,13 @@ def evaluate_videos(videos: torch.Tensor, prompts: Sequence[str], *, requested_m
                                                   n_boot=n_boot, seed=seed)
         summary["metrics"]["motion"] = entry
     if "dynamic_degree" in metrics:
-        from .motion import VBENCH_DYNAMIC_THRESHOLD
+        from .motion import dynamic_protocol_info
         per_video["dynamic_degree"] = out["motion"]["dynamic_degree"]
         per_video["dynamic_pairs"] = out["motion"]["dynamic_pairs"].astype(np.int64)
         summary["metrics"]["dynamic_degree"] = per_video_entry(out["motion"]["dynamic_degree"], {
             "detector": extractors["motion"].name, "detector_sha256": extractors["motion"].sha256,
             "units": "fraction of videos that are dynamic",
-            "protocol": {"name": "VBench dynamic degree", "threshold": VBENCH_DYNAMIC_THRESHOLD,
-                         "threshold_units": "px at a 256-px short side (VBench: 6 * min(H,W)/256 native px)",
-                         "pair_statistic": "mean of the top 5 % of |flow| of a consecutive-frame pair",
-                         "rule": "dynamic when >= max(1, round(4 * T / 16)) pairs exceed the threshold",
-                         "differences": "flow from RAFT-small (6 updates, 128-px working size) on the frames as "
-                                        "given; VBench resamples to ~8 fps and uses RAFT-things, 20 updates"}})
+            "protocol": dynamic_protocol_info(motion_protocol, fps)})
     if "flow_score" in metrics:
         per_video["flow_score"] = out["motion"]["flow_score"]
         summary["metrics"]["flow_score"] = per_video_entry(out["motion"]["flow_score"], {

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from ..utils import atomic_save_npz, config_hash, default_cache_dir
 from ..weights import find_weights, sha256_file
 from .frechet import feature_stats, frechet_distance_with_method
+from .inputs import check_videos
 
 __all__ = ["FVDProtocol", "DetectorInfo", "FVDResult", "I3DFeatureExtractor", "load_i3d", "save_i3d_standin",
            "select_frames", "extract_features", "ReferenceStats", "reference_stats", "compute_fvd"]
@@ -96,7 +97,10 @@ def _quantize(x: torch.Tensor) -> torch.Tensor:
 
 
 class I3DFeatureExtractor(nn.Module):
-    """(B,3,T,H,W) in [0,1] -> (B,400) I3D logits, following ``FVDProtocol``."""
+    """(B,3,T,H,W) float in [0,1] or uint8 -> (B,400) I3D logits, following ``FVDProtocol``.
+
+    Anything else (0-255 floats, [-1,1], NaN, wrong layout) is refused by ``inputs.check_videos``, not clamped.
+    """
 
     def __init__(self, detector: torch.jit.ScriptModule | nn.Module, sha256: str, name: str,
                  protocol: FVDProtocol | None = None):
@@ -107,8 +111,9 @@ class I3DFeatureExtractor(nn.Module):
                                  resolution=self.protocol.resolution, protocol=dataclasses.asdict(self.protocol))
 
     def preprocess(self, videos: torch.Tensor) -> torch.Tensor:
-        """(B,3,T,H,W) [0,1] -> (B,3,frames,224,224) [-1,1], float32 (never interpolate uint8)."""
+        """(B,3,T,H,W) [0,1] or uint8 -> (B,3,frames,224,224) [-1,1], float32 (never interpolate uint8)."""
         p = self.protocol
+        videos = check_videos(videos, "I3D (FVD)", allow_uint8=True)
         x = select_frames(videos.float(), p.frames, p.short_clips)
         if p.quantize_uint8:
             x = _quantize(x)

@@ -55,12 +55,14 @@ import torch.nn.functional as F
 from einops import rearrange
 from tqdm.auto import tqdm
 
+from kv_research.metrics.inputs import VideoInputError, check_videos
 from kv_research.utils import atomic_write_json, config_hash, default_cache_dir
 from kv_research.weights import MissingWeightsError, find_weights, sha256_file
 
 __all__ = ["MotionConfig", "load_raft", "princeton_to_torchvision", "flow_pairs", "motion_stats", "motion_score",
            "flow_statistics", "working_size",
-           "dynamic_degree", "dynamic_from_stats", "flow_score", "MotionLabelCache", "weights_fingerprint"]
+           "dynamic_degree", "dynamic_from_stats", "flow_score", "MotionLabelCache", "weights_fingerprint",
+           "DYNAMIC_PROTOCOLS", "vbench_frame_indices", "vbench_motion_stats", "dynamic_protocol_info"]
 
 
 @dataclass
@@ -173,19 +175,11 @@ def _prepare(frames: torch.Tensor, work_size: int) -> tuple[torch.Tensor, tuple[
 
 
 def _as_batch(video: torch.Tensor) -> torch.Tensor:
-    if video.ndim == 4:
-        video = video[None]
-    if video.ndim != 5 or video.shape[1] != 3:
-        raise ValueError(f"expected a video (B,3,T,H,W) or (3,T,H,W), got shape {tuple(video.shape)}")
-    if video.shape[2] < 2:
-        raise ValueError(f"motion needs at least 2 frames, got T={video.shape[2]}")
-    if not video.is_floating_point():
-        raise TypeError(f"expected float video in [0,1], got dtype {video.dtype} (divide uint8 by 255)")
-    lo, hi = video.aminmax()
-    if lo < -0.01 or hi > 1.01:
-        raise ValueError(f"expected values in [0,1], got [{lo.item():.3g}, {hi.item():.3g}] "
-                         "(RAFT inputs are mapped from [0,1] to [-1,1] here; do not pre-normalise)")
-    return video
+    """(B,3,T,H,W) or (3,T,H,W) float in [0,1], T >= 2 (one pair), else ``inputs.VideoInputError``.
+
+    Floats only: RAFT inputs are mapped from [0,1] to [-1,1] here, so a pre-normalised, 0-255 or uint8 tensor
+    would otherwise give a plausible but wrong flow."""
+    return check_videos(video, "RAFT motion", min_frames=2, allow_single=True)
 
 
 def _iter_flows(video: torch.Tensor, raft, work_size: int, num_flow_updates: int, batch_size: int, device,
@@ -296,19 +290,100 @@ def flow_score(video: torch.Tensor, raft=None, **kw) -> torch.Tensor:
     return s["motion_score"] * s["scale_to_input"]
 
 
-def dynamic_degree(video: torch.Tensor, raft=None, *, threshold: float = 6.0, return_counts: bool = False, **kw):
+def dynamic_degree(video: torch.Tensor, raft=None, *, threshold: float = 6.0, return_counts: bool = False,
+                   protocol: str = "suite", fps: float | None = None, **kw):
     """(B,) bool, VBench dynamic degree: a video is dynamic when at least ``max(1, round(4 * T / 16))`` pairs have
     a top-5 % mean |flow| above ``threshold`` px at a 256-px short side (VBench: 6 * min(H,W)/256 native px).
 
-    VBench samples frames at about 8 fps first (``read_video(..., fps=8)``) and uses raft-things with 20
-    iterations; the benchmark score is the fraction of dynamic videos. ``max(1, .)`` avoids VBench's
-    round(0.5) = 0, which would call every 2-frame video dynamic.
+    ``protocol="suite"`` (default): the frames as given, this module's flow settings (RAFT-small, 128-px working
+    size, 6 refinements), so it shares the RAFT pass of ``motion_score``. ``protocol="vbench"``: VBench's own
+    sampling and flow settings (``vbench_motion_stats``; needs the clips' native ``fps``), T = the frames kept.
+    VBench itself uses raft-things (large); the benchmark score is the fraction of dynamic videos.
+    ``max(1, .)`` avoids VBench's round(0.5) = 0, which would call every 2-frame video dynamic.
     """
-    dynamic, counts = dynamic_from_stats(motion_stats(video, raft, **kw), threshold)
+    if protocol == "vbench":
+        stats = vbench_motion_stats(video, raft, fps, **kw)
+    elif protocol == "suite":
+        if fps is not None:
+            raise ValueError("fps is used only by protocol='vbench' (the suite protocol takes the frames as given)")
+        stats = motion_stats(video, raft, **kw)
+    else:
+        raise ValueError(f"unknown dynamic_degree protocol {protocol!r}; known: {', '.join(DYNAMIC_PROTOCOLS)}")
+    dynamic, counts = dynamic_from_stats(stats, threshold)
     return (dynamic, counts) if return_counts else dynamic
 
 
 VBENCH_DYNAMIC_THRESHOLD = 6.0   # px at a 256-px short side, on the top-5 % mean |flow| of a pair
+DYNAMIC_PROTOCOLS = ("suite", "vbench")
+VBENCH_TARGET_FPS = 8            # VBench keeps every round(fps / 8)-th frame (Vchitect/VBench dynamic_degree.py)
+VBENCH_FLOW_UPDATES = 20         # VBench's RAFT iters
+RAFT_MIN_SIDE = 128              # torchvision RAFT refuses smaller frames (4-level correlation pyramid)
+
+
+def vbench_frame_indices(num_frames: int, fps: float) -> list[int]:
+    """VBench's frame sampling: every ``max(1, round(fps / 8))``-th native frame, starting at frame 0.
+
+    Why not resample to 8 fps: VBench takes a fixed step, so a 12-fps clip keeps every 2nd frame (6 fps), while
+    resampling would repeat frames of a slower source (zero-flow pairs). Python's round, as VBench (12/8 -> 2).
+    """
+    try:
+        ok = not isinstance(fps, bool) and np.isfinite(float(fps)) and float(fps) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"the VBench protocol needs the clips' native frame rate, a finite fps > 0; got {fps!r}")
+    fps = float(fps)
+    step = max(1, round(fps / VBENCH_TARGET_FPS))
+    return list(range(0, int(num_frames), step))
+
+
+@torch.no_grad()
+def vbench_motion_stats(video: torch.Tensor, raft=None, fps: float | None = None, *, batch_size: int = 56,
+                        device=None, progress: bool = False, top_fraction: float = 0.05) -> dict[str, torch.Tensor]:
+    """``motion_stats`` under VBench's protocol: frames ``vbench_frame_indices(T, fps)``, 20 RAFT refinements,
+    native resolution (upsampled to RAFT's 128-px minimum short side only when smaller, as the suite does).
+
+    Adds ``frame_indices`` (the native frames used). Refuses clips that keep fewer than 2 frames (no pair).
+    """
+    video = _as_batch(video)
+    if fps is None:
+        raise ValueError("the VBench protocol needs fps (the clips' native frame rate): it keeps every "
+                         "round(fps/8)-th frame")
+    t, (h, w) = video.shape[2], video.shape[-2:]
+    idx = vbench_frame_indices(t, fps)
+    if len(idx) < 2:
+        raise VideoInputError(f"the VBench protocol at {fps:g} fps keeps every {max(1, round(fps / 8))}-th frame, "
+                              f"so {t} frames give {len(idx)} frame (frames {idx}); it needs >= 2 (at least "
+                              f"{max(1, round(fps / 8)) + 1} native frames)")
+    stats = motion_stats(video[:, :, idx], raft, work_size=max(RAFT_MIN_SIDE, min(h, w)),
+                         num_flow_updates=VBENCH_FLOW_UPDATES, batch_size=batch_size, device=device,
+                         progress=progress, top_fraction=top_fraction)
+    stats["frame_indices"] = torch.tensor(idx)
+    return stats
+
+
+def dynamic_protocol_info(protocol: str = "suite", fps: float | None = None) -> dict:
+    """What ``dynamic_degree`` computed under ``protocol``, for summaries: name, settings, differences from VBench."""
+    common = {"threshold": VBENCH_DYNAMIC_THRESHOLD,
+              "threshold_units": "px at a 256-px short side (VBench: 6 * min(H,W)/256 native px)",
+              "pair_statistic": "mean of the top 5 % of |flow| of a consecutive-frame pair",
+              "rule": "dynamic when >= max(1, round(4 * T / 16)) pairs exceed the threshold"}
+    if protocol == "suite":
+        return {"name": "VBench dynamic degree", "variant": "suite", **common,
+                "frames": "as given", "raft": f"RAFT-small, {_DEFAULT.num_flow_updates} updates, "
+                                              f"{_DEFAULT.work_size}-px working size",
+                "differences": f"flow from RAFT-small ({_DEFAULT.num_flow_updates} updates, {_DEFAULT.work_size}-px "
+                               "working size) on the frames as given; VBench takes every round(fps/8)-th frame and "
+                               "uses RAFT-things, 20 updates, native size (--motion-protocol vbench)"}
+    if protocol == "vbench":
+        step = None if fps is None else max(1, round(fps / VBENCH_TARGET_FPS))
+        return {"name": "VBench dynamic degree", "variant": "vbench", **common, "fps": fps, "frame_step": step,
+                "frames": "every max(1, round(fps/8))-th native frame from frame 0; T = frames kept",
+                "raft": f"RAFT-small, {VBENCH_FLOW_UPDATES} updates, native resolution (short side upsampled to "
+                        f"{RAFT_MIN_SIDE} px when smaller)",
+                "differences": "RAFT-small (torchvision) instead of VBench's RAFT-things; flow unpadded before the "
+                               f"statistics; frames below {RAFT_MIN_SIDE} px upsampled (torchvision minimum)"}
+    raise ValueError(f"unknown dynamic_degree protocol {protocol!r}; known: {', '.join(DYNAMIC_PROTOCOLS)}")
 
 
 def dynamic_from_stats(stats: dict, threshold: float = VBENCH_DYNAMIC_THRESHOLD) -> tuple[torch.Tensor, torch.Tensor]:
