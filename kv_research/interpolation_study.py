@@ -31,6 +31,13 @@ Protocol (why):
   ``fvd_hop`` frames; the reference is the true full-rate clips (paired with the real-keyframe set: the same
   clips resampled together in the bootstrap, which runs over clips, not windows). The net was trained on
   base-rate clips: at full rate it sees slow motion, so FVD-syn here mostly weighs appearance and sharpness.
+* Linear blend: every in-between frame the cross-fade of its two keyframes (weights by position), no model. Why:
+  it shows whether a learned method has learned to interpolate at all at this budget (the synthetic objects move
+  little between keyframes, so a blend is a strong baseline for PSNR, a weak one for sharpness and motion).
+* Held-out denoising loss by position: the v-prediction loss of each method on windows of test clips at fixed
+  steps t, split by a frame's position in its gap (1st, 2nd, 3rd frame after the left keyframe). Why: FusionFrames
+  starts as three copies of the image model's prediction *for the first noisy frame* (replicated output conv), so
+  the 2nd and 3rd frames' own noise is unreadable at initialisation; this column shows how far training got.
 * Motion consistency (RAFT): the warping error of a video under its own flow (``metrics.reconstruction``: forward-
   backward checked pixels, 8-bit levels; lower = frames that follow their own motion), and the RAFT motion (mean
   flow magnitude per frame pair, px). The truth's values are given for reference.
@@ -53,7 +60,9 @@ from .metrics.reconstruction import frame_metrics, original_flows, summarise, va
 from .utils import atomic_write_bytes, atomic_write_json, atomic_write_text, config_hash, to_jsonable
 
 METHODS = ("FusionFrames", "MFI")        # the paper's Table 2 rows, in its order reversed: ours first
+BLEND = "Linear blend"                   # learning-free reference: each in-between frame a cross-fade of its keyframes
 TRUTH = "Truth"                          # the true full-rate clips: reference values of the motion columns
+ROWS = (*METHODS, BLEND, TRUTH)
 SETS = ("real", "generated")
 PAPER_TABLE2 = [   # UCF-101, 2 interpolation passes (30 fps), keyframes of the 220k Conv1dAttn1dBlocks model
     {"Method": "Masked Frame Interpolation", "IS": 23.371, "FVD": 550.932},
@@ -241,6 +250,8 @@ def interpolation_pipe(method: str, image, cfg, p):
     from .models.interpolation import InterpolationUNet
     from .models.mfi import MaskedFrameInterpolationUNet
     kw = dict(guidance=cfg.eval.guidance, skip_schedule=skip_schedule(cfg), codec=image.codec)
+    for q in image.text_encoder.parameters():       # shared by every model of the study: frozen (paper), so that
+        q.requires_grad_(False)                     # training one method cannot change another's text features
     if method == "FusionFrames":
         return InterpolationPipeline(InterpolationUNet.from_image(image.unet), image.text_encoder, p.diffusion, **kw)
     if method == "MFI":
@@ -438,6 +449,42 @@ def clip_bootstrap_fvd(gen: np.ndarray, ref: np.ndarray, paired: bool, n_boot: i
             "paired": paired, "bias": bias, "n_boot": n_boot}
 
 
+def linear_blend(keyframes01: torch.Tensor, rate: int) -> torch.Tensor:
+    """(N, 3, K, H, W) keyframes -> (N, 3, (K - 1) rate + 1, H, W) uint8: frame j rate + i is
+    (1 - i / rate) K_j + (i / rate) K_{j+1}."""
+    a = torch.arange(rate, dtype=keyframes01.dtype) / rate                      # (rate,)
+    left, right = keyframes01[:, :, :-1, None], keyframes01[:, :, 1:, None]     # (n, c, k-1, 1, h, w)
+    mix = left + a[:, None, None] * (right - left)                              # (n, c, k-1, rate, h, w)
+    body = rearrange(mix, "n c k r h w -> n c (k r) h w")
+    return _to_uint8(torch.cat([body, keyframes01[:, :, -1:]], dim=2))
+
+
+LOSS_STEPS = (100, 300, 600, 900)   # diffusion steps t of the held-out denoising loss (of 1000)
+
+
+@torch.no_grad()
+def denoising_loss(pipes: dict, windows: torch.Tensor, captions: list[str], stride: int, seed: int) -> dict:
+    """Held-out v-loss {method: {t: [1st, 2nd, 3rd frame of a gap]}} on (N, C, 4G+1, h, w) windows, keyframes
+    clean, full conditioning, the same noise for every method."""
+    from .interpolation_pipeline import between_positions
+    n = len(windows)
+    tgt = between_positions(windows.shape[2])
+    out = {m: {} for m in pipes}
+    g = torch.Generator().manual_seed(seed)
+    for t in LOSS_STEPS:
+        tt = torch.full((n,), t)
+        noise = torch.randn(windows.shape, generator=g)
+        for m, pipe in pipes.items():
+            x_t = pipe.diffusion.q_sample(windows, tt, noise)
+            text, mask = pipe.encode_text(captions)
+            v = pipe._predict(x_t, tt, text, mask, windows[:, :, ::4], torch.zeros(n), torch.full((n,), stride),
+                              torch.ones(n), text_projected=False)
+            err = (v - pipe.diffusion.target(windows[:, :, tgt], tt, noise[:, :, tgt])).pow(2)
+            per = rearrange(err.mean((0, 1, 3, 4)), "(g k) -> g k", k=3).mean(0)   # (3,): position in the gap
+            out[m][t] = [round(float(x), 5) for x in per]
+    return out
+
+
 def evaluate(videos: dict, truth01: torch.Tensor, names: dict, featnet, raft, cfg) -> tuple[pd.DataFrame, dict]:
     """Per-clip metrics and summaries {set: {row: {metric: {value, ci_low, ci_high, n}}}}."""
     e = cfg.eval
@@ -446,10 +493,10 @@ def evaluate(videos: dict, truth01: torch.Tensor, names: dict, featnet, raft, cf
     ref_feats = window_features(featnet, truth01, cfg)                 # every true clip: the generated set's reference
     frames, summary = [], {}
     between = [i for i in range(truth01.shape[2]) if i % cfg.data.rate]     # every non-key frame of both passes
-    bar = tqdm(total=len(SETS) * (len(METHODS) + 1), desc="evaluate", disable=not cfg.progress)
+    bar = tqdm(total=len(SETS) * len(ROWS), desc="evaluate", disable=not cfg.progress)
     for s in SETS:
         summary[s] = {}
-        for row in (*METHODS, TRUTH):
+        for row in ROWS:
             v = truth[s] if row == TRUTH else videos[s][row].float() / 255
             m = motion_metrics(v, raft, cfg)
             if s == "real" and row != TRUTH:
@@ -541,7 +588,13 @@ def run_study(cfg: InterpolationStudyConfig) -> pd.DataFrame:
     caps = {"real": captions[:n_real], "generated": captions[n_real:]}
     with stage("interpolation (both methods, alternating)"):
         videos, seconds = generate_sets(pipes, keyframes, caps, cfg, out / "generation")
+    for k in SETS:
+        videos[k][BLEND] = linear_blend(keyframes[k], d.rate)
     cost = flops_and_params(pipes, keyframes["real"], caps["real"][0], cfg)
+    stride = d.rate // 4                                           # pass 1's spacing: the harder gap
+    groups = min(cfg.train.groups, (truth.shape[2] - 1) // (4 * stride))
+    held_out = pipes["MFI"].encode(truth[:n_real, :, :4 * groups * stride + 1:stride])
+    losses = denoising_loss(pipes, held_out, caps["real"], stride, cfg.seed)
 
     # 4. metrics -------------------------------------------------------------------------------------------
     from .metrics.evaluators import load_or_train_evaluators
@@ -558,7 +611,8 @@ def run_study(cfg: InterpolationStudyConfig) -> pd.DataFrame:
     timing = {"seconds_per_video": time_s, "ratio_mfi_over_fusionframes": time_s["MFI"] / time_s["FusionFrames"],
               "per_batch": seconds, "threads": torch.get_num_threads()}
     atomic_write_text(out / "per_clip.csv", per_clip.to_csv(index=False))
-    atomic_write_json(out / "summary.json", {"metrics": summary, "timing": timing, "cost": cost})
+    atomic_write_json(out / "summary.json", {"metrics": summary, "timing": timing, "cost": cost,
+                                             "denoising_loss": losses})
 
     # 5. table, figure, run.json ----------------------------------------------------------------------------
     protocol = {"N": n_videos, "keyframes": d.keyframes, "output_frames": output_frames(cfg),
@@ -566,7 +620,10 @@ def run_study(cfg: InterpolationStudyConfig) -> pd.DataFrame:
                 "guidance": cfg.eval.guidance, "train": to_jsonable(cfg.train), "threads": torch.get_num_threads(),
                 "detectors": {"raft": raft.kv_weights,
                               "fvd_syn": {"name": ev.feature_net.info.name, "sha256": ev.feature_net.info.sha256}},
-                "fvd_windows": {"frames": cfg.eval.fvd_window, "hop": cfg.eval.fvd_hop}}
+                "fvd_windows": {"frames": cfg.eval.fvd_window, "hop": cfg.eval.fvd_hop},
+                "training_s": {m: timings_all_so_far(meta, timings, f"{m}: train") for m in METHODS},
+                "denoising_loss": {"windows": len(held_out), "frames": held_out.shape[2], "stride": stride,
+                                   "values": losses}}
     table = build_table(summary, timing, cost)
     write_tables(table, out, protocol)
     write_figure(out / "interpolation.png", videos, truth, keyframes, cfg)
@@ -580,6 +637,12 @@ def run_study(cfg: InterpolationStudyConfig) -> pd.DataFrame:
     return table
 
 
+def timings_all_so_far(meta: dict, timings: dict, name: str) -> float | None:
+    """Seconds of stage ``name`` over every invocation (None if it never ran: resumed from its checkpoint)."""
+    total = meta["timings_s"].get(name, 0.0) + timings.get(name, 0.0)
+    return round(total, 1) if total else None
+
+
 # ------------------------------------------------------------------------------------------------------ tables
 COLUMNS = {"PSNR": ("psnr", "higher", 2), "SSIM": ("ssim", "higher", 3), "FVD-syn": ("fvd_syn", "lower", 1),
            "warp error": ("warp_error", "lower", 2), "RAFT motion": ("motion", "", 3)}
@@ -588,12 +651,12 @@ COLUMNS = {"PSNR": ("psnr", "higher", 2), "SSIM": ("ssim", "higher", 3), "FVD-sy
 def build_table(summary: dict, timing: dict, cost: dict) -> pd.DataFrame:
     rows = []
     for s in SETS:
-        for row in (*METHODS, TRUTH):
+        for row in ROWS:
             r = {"keyframes": s, "method": row}
             for col, (key, _, _) in COLUMNS.items():
                 m = summary[s][row].get(key) or {}
                 r[col], r[f"{col} ci_low"], r[f"{col} ci_high"] = m.get("value"), m.get("ci_low"), m.get("ci_high")
-            if row != TRUTH:
+            if row in METHODS:
                 r["s/video"] = timing["seconds_per_video"][row]
                 r["GFLOPs/frame"] = cost[row]["gflops_per_frame"]
                 r["params"] = cost[row]["params"]
@@ -637,9 +700,26 @@ def protocol_lines(protocol: dict, timing: dict | None = None) -> list[str]:
              f"{str(det['raft'].get('sha256'))[:16]}) for warp error and motion.",
              f"Training: {protocol['train']['steps']} steps x {protocol['train']['batch']} windows of "
              f"{4 * protocol['train']['groups'] + 1} frames for each method, strides {protocol['train']['strides']}, "
-             "same seed. Intervals: 95 % bootstrap over clips. Times: one process, alternating per batch, "
-             f"{protocol['threads']} torch thread(s)."]
+             f"same seed{_train_seconds(protocol)}. Intervals: 95 % bootstrap over clips. Times: one process, "
+             f"alternating per batch, {protocol['threads']} torch thread(s)."]
     return lines
+
+
+def _train_seconds(protocol: dict) -> str:
+    t = protocol.get("training_s") or {}
+    if not all(t.get(m) for m in METHODS):
+        return ""
+    return " (training wall-clock: " + ", ".join(f"{m} {t[m]:.0f} s" for m in METHODS) + ")"
+
+
+def loss_table(protocol: dict) -> pd.DataFrame:
+    """The held-out denoising loss as rows (method, t) x columns (frame 1, 2, 3 of a gap)."""
+    rows = []
+    for m, by_t in protocol["denoising_loss"]["values"].items():
+        for t, per in by_t.items():
+            rows.append({"Method": m, "t": int(t), **{f"frame {i + 1} of the gap": f"{v:.3f}"
+                                                       for i, v in enumerate(per)}})
+    return pd.DataFrame(rows)
 
 
 def write_tables(table: pd.DataFrame, out: Path, protocol: dict) -> None:
@@ -652,7 +732,15 @@ def write_tables(table: pd.DataFrame, out: Path, protocol: dict) -> None:
           f"MFI / FusionFrames wall-clock for the same output frames: x{ratio:.2f} (measured in this run); UNet "
           f"FLOPs per generated frame: x{mfi['GFLOPs/frame'] / ff['GFLOPs/frame']:.2f}.",
           "PSNR / SSIM: the interpolated (non-key) frames against the true ones; defined for real keyframes only. "
-          "Truth = the true full-rate clips (reference values; FVD-syn 0 by construction, not shown).", "",
+          "Truth = the true full-rate clips (reference values; FVD-syn 0 by construction, not shown). Linear blend = "
+          "each in-between frame the cross-fade of its two keyframes (no model; real keyframes give it the truth's "
+          "keyframes exactly).", "",
+          "## Held-out denoising loss (v-prediction MSE) by position in the gap", "",
+          f"{protocol['denoising_loss']['windows']} windows of {protocol['denoising_loss']['frames']} frames of the "
+          f"real-keyframe test clips at stride {protocol['denoising_loss']['stride']} (pass 1), keyframes clean, "
+          "the same noise for both methods. FusionFrames starts as three copies of the image model's prediction for "
+          "the gap's first noisy frame: frames 2 and 3 are untrained at initialisation.", "",
+          loss_table(protocol).to_markdown(index=False), "",
           f"## Published numbers (not ours): {PAPER_SOURCE}", "", pd.DataFrame(PAPER_TABLE2).to_markdown(index=False),
           "", "The paper's IS / FVD use a UCF-101 C3D / I3D at 512 px; ours are the suite's synthetic detectors at "
           "CPU scale: compare directions, not values.", ""]
@@ -662,14 +750,16 @@ def write_tables(table: pd.DataFrame, out: Path, protocol: dict) -> None:
 
 
 def write_figure(path: Path, videos: dict, truth01: torch.Tensor, keyframes: dict, cfg) -> None:
-    """Frames 0..figure_frames-1 of the first clip of each set: truth (real set only), FusionFrames, MFI."""
+    """Frames 0..figure_frames-1 of the first clip of each set: truth and linear blend (real set only),
+    FusionFrames, MFI."""
     import io
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     T = min(cfg.eval.figure_frames, truth01.shape[2])
-    rows = [("real: truth", truth01[0])] + [(f"real: {m}", videos["real"][m][0].float() / 255) for m in METHODS]
+    rows = [("real: truth", truth01[0])] + [(f"real: {m}", videos["real"][m][0].float() / 255)
+                                            for m in (*METHODS, BLEND)]
     rows += [(f"generated: {m}", videos["generated"][m][0].float() / 255) for m in METHODS]
     fig, axes = plt.subplots(len(rows), T, figsize=(T * 0.75, len(rows) * 0.85), squeeze=False)
     for ri, (name, v) in enumerate(rows):
@@ -689,6 +779,7 @@ def write_figure(path: Path, videos: dict, truth01: torch.Tensor, keyframes: dic
     atomic_write_bytes(path, buf.getvalue())
 
 
-__all__ = ["InterpolationStudyConfig", "DataConfig", "TrainConfig", "EvalConfig", "METHODS", "PAPER_TABLE2",
+__all__ = ["InterpolationStudyConfig", "DataConfig", "TrainConfig", "EvalConfig", "METHODS", "BLEND", "PAPER_TABLE2",
            "preset_config", "apply_overrides", "validate", "plan", "run_study", "load_study_models",
-           "interpolation_pipe", "display_table", "clip_bootstrap_fvd", "motion_metrics", "window_features"]
+           "interpolation_pipe", "display_table", "clip_bootstrap_fvd", "motion_metrics", "window_features",
+           "linear_blend", "denoising_loss"]

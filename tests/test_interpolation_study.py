@@ -32,7 +32,7 @@ def test_smoke_study_writes_table_figure_and_protocol(study):
     for f in ("interpolation.csv", "interpolation.md", "interpolation.tex", "interpolation.png", "per_clip.csv",
               "summary.json", "run.json"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
-    assert list(table.method) == [*METHODS, "Truth"] * 2
+    assert list(table.method) == [*METHODS, "Linear blend", "Truth"] * 2
     real = table[table.keyframes == "real"].set_index("method")
     gen = table[table.keyframes == "generated"].set_index("method")
     for m in METHODS:
@@ -51,6 +51,11 @@ def test_smoke_study_writes_table_figure_and_protocol(study):
     assert proto["output_frames"] == 16 * (cfg.data.keyframes - 1) + 1 and proto["passes_s"] == [4, 1]
     assert len(proto["detectors"]["raft"]["sha256"]) == 64 and proto["detectors"]["fvd_syn"]["sha256"]
     assert meta["timing"]["ratio_mfi_over_fusionframes"] > 0 and len(meta["motion_labels"]) > 10
+    # the learning-free blend keeps the (real) keyframes, so its key frames are exact; it has no cost columns
+    assert real.loc["Linear blend", "PSNR"] > 0 and pd.isna(real.loc["Linear blend", "s/video"])
+    loss = proto["denoising_loss"]["values"]
+    assert set(loss) == set(METHODS) and all(len(v) == 3 and min(v) > 0 for m in loss for v in loss[m].values())
+    assert "Held-out denoising loss" in md and proto["training_s"]["MFI"] > 0
     # both methods interpolated the same keyframes: the keyframes are kept exactly in both outputs
     from safetensors.torch import load_file
     batch = load_file(str(out / "generation" / "real_000.safetensors"))
@@ -139,3 +144,13 @@ def test_generate_refuses_a_study_folder_without_its_interpolation_model(study, 
     err = capsys.readouterr().err
     assert "interpolation model is missing" in err and "FusionFrames" in err
     assert not (tmp_path / "g").exists()                          # refused before any work
+
+
+def test_linear_blend_cross_fades_neighbouring_keyframes():
+    from kv_research.interpolation_study import linear_blend
+    keys = torch.zeros(1, 3, 3, 2, 2)
+    keys[:, :, 1] = 1.0                                                   # keyframes 0, 1, 0
+    v = linear_blend(keys, 4)
+    assert v.shape == (1, 3, 9, 2, 2) and v.dtype == torch.uint8
+    expected = torch.tensor([0, 0.25, 0.5, 0.75, 1.0, 0.75, 0.5, 0.25, 0])
+    assert torch.equal(v[0, 0, :, 0, 0], (expected * 255).round().to(torch.uint8))
