@@ -54,6 +54,11 @@ def config_from_args(args) -> AblationConfig:
             fields = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"--study: {path} is not valid JSON ({e})") from e
+        except UnicodeDecodeError as e:
+            raise ValueError(f"--study: {path} is not UTF-8 text (byte offset {e.start})") from None
+        if not isinstance(fields, dict):
+            raise ValueError(f"--study: {path} must hold a JSON object of AblationConfig fields, "
+                             f"got a {type(fields).__name__}")
         known = {f.name for f in dataclasses.fields(AblationConfig)}
         unknown = sorted(set(fields) - known)
         if unknown:
@@ -75,9 +80,9 @@ def config_from_args(args) -> AblationConfig:
 
 
 def main(argv=None) -> int:
-    from kv_research.cli import DEBUG_HELP
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__ + DEBUG_HELP)
+    from kv_research.cli import DEBUG_HELP, ArgumentParser
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog=__doc__ + DEBUG_HELP)
     ap.add_argument("--preset", default="quick", choices=["smoke", "quick", "paper"])
     ap.add_argument("--variants", nargs="+", default=list(DEFAULT_STUDY), metavar="NAME",
                     help=f"rows of the table (default: {' '.join(DEFAULT_STUDY)}); any of {', '.join(VARIANTS)}")
@@ -116,13 +121,18 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="check inputs, print the plan and exit")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
+    from kv_research.cli import debug_enabled, input_errors
     try:
+        args = ap.parse_args(argv)
+        if args.threads < 0:
+            raise ValueError(f"--threads {args.threads}: expected a whole number >= 0 (0 = torch's default)")
         cfg = config_from_args(args)
         validate(cfg)
-    except (KeyError, ValueError, FileNotFoundError, TypeError) as e:
+    except (*input_errors(), TypeError) as e:
+        if debug_enabled():
+            raise
         msg = e.args[0] if isinstance(e, KeyError) else str(e)
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
         return 2
     if args.threads:
         import torch

@@ -11,12 +11,16 @@ Run folder (self-describing, EDM-style)::
     OUT/ablate_blocks.{csv,md,tex}   the table; OUT/ablate_blocks.png (metric bars), OUT/samples.png (frames)
 
 Every stage skips what is already complete, so a killed run resumes to the same table. An OUT that holds a run
-with another configuration is refused before any work.
+with another configuration is refused before any work, and so is one holding a damaged file a re-run would read
+or keep (``check_run_folder``: truncated or foreign checkpoints, JSON, videos, first frames, previews, summaries):
+one line names the file and what to delete so that the re-run recomputes it, and nothing in OUT is changed.
+run.json is rewritten only when a run completes (or first created), so a failed re-run leaves it byte-identical.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +31,7 @@ import torch
 
 from .config import get_preset
 from .models.temporal import DEFAULT_STUDY, get_variant
-from .utils import atomic_write_json, config_hash, to_jsonable
+from .utils import RunFolderError, atomic_write_json, config_hash, file_damage, to_jsonable
 
 CONTROL = "motion_control"    # sub-folder of a variant: the same prompts at the other end of the motion range
 UNTRAINED = "Untrained"      # random-init Conv1dAttn1dBlocks, never trained: the floor every trained model must beat
@@ -93,36 +97,123 @@ def resolved_preset(cfg: AblationConfig):
         if section not in ("unet", "text", "diffusion", "train", "eval") or not name:
             raise ValueError(f"override '{key}': use section.field with section in unet, text, diffusion, train, eval")
         sub = getattr(p, section)
-        if not hasattr(sub, name):
-            raise ValueError(f"override '{key}': {type(sub).__name__} has no field '{name}'")
+        if not hasattr(sub, name) or not dataclasses.is_dataclass(sub):
+            known = ", ".join(f.name for f in dataclasses.fields(sub))
+            raise ValueError(f"override '{key}': {type(sub).__name__} has no field '{name}' (fields: {known})")
+        if key in _NOT_SETTABLE:
+            raise ValueError(f"--set {key}: {_NOT_SETTABLE[key]}")
         field_type = {f.name: f.type for f in dataclasses.fields(sub)}[name]
-        p = dataclasses.replace(p, **{section: dataclasses.replace(sub, **{name: _checked(key, value, field_type)})})
+        try:
+            new_sub = dataclasses.replace(sub, **{name: _checked(key, value, field_type)})
+        except (TypeError, ValueError) as e:       # the config's own checks (e.g. GroupNorm groups)
+            msg = str(e) if str(e).startswith("--set") else f"--set {key}={json.dumps(value)}: {e}"
+            raise ValueError(msg) from None
+        p = dataclasses.replace(p, **{section: new_sub})
     return p
+
+
+# ranges of the --set fields that differ from the default (numbers >= 0), and fields with a fixed set of values
+_RANGES = {
+    "text.vocab_buckets": (1, None), "text.dim": (1, None), "text.heads": (1, None), "text.max_len": (1, None),
+    "diffusion.num_timesteps": (2, None), "diffusion.sample_steps": (1, None), "diffusion.eta": (0, 1),
+    "diffusion.threshold_ratio": (0, 1), "diffusion.p_uncond_text": (0, 1), "diffusion.p_uncond_image": (0, 1),
+    "train.batch_size": (1, None), "train.video_batch_size": (1, None), "train.log_every": (1, None),
+    "train.ckpt_every": (1, None), "train.ema_max_decay": (0, 1), "train.ema_power": (1e-9, None),
+    "train.lr": (1e-12, None), "train.video_lr": (1e-12, None),
+    "eval.samples_per_prompt": (1, None), "eval.batch_size": (1, None), "eval.bootstrap": (1, None),
+    "eval.ci": (1e-9, 1 - 1e-9),
+}
+_CHOICES = {"diffusion.schedule": ("cosine",), "diffusion.prediction": ("eps", "v"),
+            "diffusion.sampler": ("ddim", "ddpm"), "unet.convention": ("diffusers", "kandinsky_video")}
+_NOT_SETTABLE = {"unet.variant": "set by inflation; choose the rows with --variants"}
 
 
 def _checked(key: str, value, field_type):
     """An override's value of the field's own type (annotations are strings here), refused rather than converted:
-    numbers are >= 0 (no config field here takes a negative), ints are whole, booleans are true/false."""
+    numbers are >= 0 unless ``_RANGES`` says otherwise (no config field here takes a negative), ints are whole,
+    booleans are true/false, text fields with a fixed set of values (``_CHOICES``) one of them."""
     t = str(field_type).split("|")[0].strip()
     want = {"int": "a whole number >= 0", "float": "a number >= 0", "bool": "true or false", "str": "text",
             "tuple": "a JSON list, e.g. [1, 2]"}.get(t)
     ok = {"int": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-          "float": isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+          and value == value and value != float("inf"),
           "bool": isinstance(value, bool), "str": isinstance(value, str),
           "tuple": isinstance(value, (list, tuple))}.get(t, True)
+    if key in _RANGES:
+        lo, hi = _RANGES[key]
+        ok = ok and value >= lo and (hi is None or value <= hi)
+        kind = "a whole number" if t == "int" else "a number"
+        if 0 < lo < 1e-6:
+            want = f"{kind} > 0" + (f" and < {round(hi)}" if hi is not None else "")
+        else:
+            want = f"{kind} >= {lo}" + (f" and <= {hi}" if hi is not None else "")
+    if key in _CHOICES:
+        ok, want = ok and value in _CHOICES[key], "one of " + ", ".join(_CHOICES[key])
     if not ok:
         raise ValueError(f"--set {key}={json.dumps(value)}: expected {want}")
     return tuple(value) if t == "tuple" else value
 
 
+def check_preset(p) -> None:
+    """What the preset's fields must satisfy together (each is range-checked by ``_checked``)."""
+    d = p.diffusion
+    problems = []
+    if p.text.dim % p.text.heads:
+        problems.append(f"text.heads={p.text.heads} must divide text.dim={p.text.dim}")
+    if d.sample_steps > d.num_timesteps:
+        problems.append(f"diffusion.sample_steps={d.sample_steps} exceeds diffusion.num_timesteps={d.num_timesteps}")
+    for name in ("noise_aug_level", "noise_aug_max"):
+        if getattr(d, name) >= d.num_timesteps:
+            problems.append(f"diffusion.{name}={getattr(d, name)} must be < diffusion.num_timesteps="
+                            f"{d.num_timesteps}")
+    from .metrics.evaluators import PRESETS
+    if p.eval.evaluator_preset not in PRESETS:
+        problems.append(f"eval.evaluator_preset={p.eval.evaluator_preset!r} is unknown; known: "
+                        f"{', '.join(sorted(PRESETS))}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def check_options(cfg: AblationConfig) -> None:
+    """The run's own options (flags or study-file fields): type and range, the device, before any work."""
+    from .cli import UsageError, check_device
+    from .config import PRESETS
+    if cfg.preset not in PRESETS:
+        raise UsageError(f"--preset {cfg.preset!r} is unknown; choose one of {', '.join(PRESETS)}")
+
+    def whole(name, value, lo, optional=False):
+        if optional and value is None:
+            return
+        if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+            raise UsageError(f"--{name.replace('_', '-')} {value!r}: expected a whole number >= {lo}")
+    whole("samples_per_prompt", cfg.samples_per_prompt, 1)
+    whole("seed", cfg.seed, 0)
+    whole("n_reference", cfg.n_reference, 2)
+    whole("prompt_limit", cfg.prompt_limit, 1, optional=True)
+    import math
+    if isinstance(cfg.fps, bool) or not isinstance(cfg.fps, (int, float)) or not math.isfinite(cfg.fps) \
+            or cfg.fps <= 0:
+        raise UsageError(f"--fps {cfg.fps!r}: expected a frame rate > 0")
+    if not isinstance(cfg.device, str):
+        raise UsageError(f"--device {cfg.device!r}: expected a device name such as cpu or cuda:0")
+    check_device(cfg.device)
+    if not isinstance(cfg.overrides, dict):
+        raise UsageError(f"overrides {cfg.overrides!r}: expected an object {{\"section.field\": value}}")
+
+
 # ------------------------------------------------------------------------------------------------ checks
 def validate(cfg: AblationConfig) -> None:
-    """Everything that can be checked before any work: variants, prompts, the output folder."""
+    """Everything that can be checked before any work: options, variants, prompts, the output folder and every
+    file an earlier run left in it (``check_run_folder``). ``--dry-run`` runs the same checks."""
+    check_options(cfg)
     for v in cfg.variants:
         get_variant(v)           # raises with the list of known names
     if len(set(cfg.variants)) != len(cfg.variants):
         raise ValueError(f"variant listed twice: {list(cfg.variants)}")
-    ecfg = resolved_preset(cfg).eval
+    p = resolved_preset(cfg)
+    check_preset(p)
+    ecfg = p.eval
     q = ecfg.motion_control_quantiles
     if ecfg.motion_control_prompts < 0 or len(q) != 2 or not 0.0 <= q[0] < q[1] <= 1.0:
         raise ValueError(f"eval.motion_control_prompts must be >= 0 (got {ecfg.motion_control_prompts}) and "
@@ -133,27 +224,108 @@ def validate(cfg: AblationConfig) -> None:
     from .metrics.motion import MotionLabelCache
     MotionLabelCache(device=cfg.device)      # RAFT weights present and verified, before any training
     validate_real_parts(cfg)
+    from .cli import check_out_dir
     out = Path(cfg.out)
+    check_out_dir(out)
     run_json = out / "run.json"
     if run_json.is_file():
-        try:
-            old = json.loads(run_json.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{run_json} is not valid JSON ({e}); move the folder away or choose another --out")
+        damage = file_damage(run_json)
+        if damage:
+            raise RunFolderError(f"{run_json} is damaged ({damage}); delete it to recompute it (the finished "
+                                 "stages beside it are kept), or choose another --out; nothing was changed")
+        old = json.loads(run_json.read_text())
         if old.get("config_hash") != run_hash(cfg):
             raise ValueError(
                 f"{out} holds a different run (config hash {old.get('config_hash')}, this one "
-                f"{run_hash(cfg)}; its config: {json.dumps(old.get('config', {}).get('preset'))}). "
+                f"{run_hash(cfg)}; its config: {json.dumps((old.get('config') or {}).get('preset'))}). "
                 "Choose another --out; nothing was changed.")
         for v in cfg.variants:   # a checkpoint left by another variant or config in a variant's folder
             ck = out / "variants" / v / "checkpoints" / "last.json"
-            if ck.is_file():
+            if ck.is_file() and not file_damage(ck):        # a damaged one is named by check_run_folder
                 got = json.loads(ck.read_text()).get("variant")
                 if got != v:
                     raise ValueError(f"{ck} is a checkpoint of variant '{got}', but this folder is for '{v}'; "
                                      "remove it or choose another --out")
-    elif out.is_dir() and any(out.iterdir()) and not (out / "benchmark").is_dir():
-        raise ValueError(f"{out} exists, is not empty and holds no ablation run; choose another --out")
+        check_run_folder(out)
+    elif out.is_dir() and any(out.iterdir()):
+        if not (out / "benchmark").is_dir():
+            raise ValueError(f"{out} exists, is not empty and holds no ablation run; choose another --out")
+        check_run_folder(out)    # a run whose run.json was deleted (or not yet written): its files still count
+
+
+# what a re-run does with each kind of file of a run folder: (pattern relative to OUT, advice, checks); the first
+# match wins. Advice None: rewritten from the config by every run (benchmark lists, tables, figures, trainer
+# config), so a damaged copy is simply replaced. Files matching nothing (the user's own) are left alone.
+_RUN_FILES = [
+    ("run.json", None, {}),      # checked first by validate
+    ("benchmark/*", None, {}),
+    ("ablate_blocks.*", None, {}), ("samples.png", None, {}),
+    ("**/config.json", None, {}),
+    ("**/checkpoints/*", "retrain", {}),
+    ("**/stats.jsonl", "retrain", {}),
+    ("**/videos/*.npz", "delete it to regenerate that video", {"video": True}),
+    ("**/previews/*.gif", "preview", {}),
+    ("**/first_frames/*.npz", "delete it to recompute it (with the next video of that sample that is generated)", {"npz_keys": ("latent", "frame")}),
+    ("**/summary.json", "evaluate", {}), ("**/per_video.csv", "evaluate", {}),
+    ("latents/shard-*", "shard", {}),
+    ("latents/*", "folder", {}), ("text_features/cache.json", "folder", {}),
+    ("text_features/**/*.safetensors", "delete it to recompute those text features", {}),
+]
+
+
+def _run_file_rule(rel: Path):
+    for pattern, advice, kw in _RUN_FILES:
+        if rel.match(pattern) or (pattern.startswith("**/") and rel.match(pattern[3:])):
+            return advice, kw
+    return None, None
+
+
+def check_run_folder(out: str | Path) -> None:
+    """Every file of an earlier run that a re-run reads or keeps can be read back, checked before anything is
+    written: checkpoints (safetensors header against the file size, the JSON beside it, the optimizer archive),
+    training stats, generated videos and first frames (every array read), previews, evaluation summaries, latent
+    shards and text features. A damaged file raises ``RunFolderError`` naming it and what to delete so that the
+    re-run recomputes it; nothing in the folder is changed. Temporary files of interrupted writes (``.*.tmp``)
+    are ignored."""
+    from .checkpoint import CheckpointError, check_checkpoint
+    out = Path(out)
+    checked_ckpt = set()
+    for path in sorted(out.rglob("*")):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        rel = path.relative_to(out)
+        advice, kw = _run_file_rule(rel)
+        if advice is None:
+            continue
+        stage = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        if advice == "retrain":
+            advice = (f"delete {stage / 'checkpoints'}{os.sep} and {stage / 'stats.jsonl'} to retrain "
+                      f"{stage.relative_to(out)} from scratch")
+        elif advice == "preview":
+            advice = f"delete it and {path.parent.parent / 'videos' / (path.stem + '.npz')} to regenerate both"
+        elif advice == "evaluate":
+            advice = (f"delete {path.parent / 'summary.json'} and {path.parent / 'per_video.csv'} to re-evaluate "
+                      f"{path.parent.relative_to(out)}")
+        elif advice == "shard":
+            advice = f"delete {path.with_suffix('.safetensors')} and {path.with_suffix('.json')} to rebuild that shard"
+        elif advice == "folder":
+            advice = f"delete the folder {path.parent} to rebuild it"
+        if path.parent.name == "checkpoints" and path.name.startswith("last."):
+            ck = path.parent / "last.safetensors"
+            if ck in checked_ckpt:
+                continue
+            checked_ckpt.add(ck)
+            try:
+                if ck.is_file():
+                    check_checkpoint(ck)
+                else:
+                    raise CheckpointError(f"{path}: its checkpoint {ck.name} is missing")
+            except (CheckpointError, FileNotFoundError) as e:
+                raise RunFolderError(f"damaged checkpoint: {e}; {advice}; nothing was changed") from None
+            continue
+        damage = file_damage(path, **kw)
+        if damage:
+            raise RunFolderError(f"{path} is damaged ({damage}); {advice}; nothing was changed")
 
 
 def validate_real_parts(cfg: AblationConfig) -> None:
@@ -295,8 +467,8 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
     prev = json.loads(run_json.read_text()) if run_json.is_file() else {}
     meta = {**plan(cfg), "timings_s": prev.get("timings_s", {}), "torch": torch.__version__,
             "variants_done": prev.get("variants_done", [])}
-    if dist.main:
-        atomic_write_json(run_json, meta)
+    if dist.main and not prev:   # marks a new folder as this run's; an earlier run.json is rewritten only at the
+        atomic_write_json(run_json, meta)   # end, so a re-run that fails midway leaves it byte-identical
 
     def stage(name):
         class _T:

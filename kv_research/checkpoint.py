@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import DiffusionConfig, TextConfig, UNetConfig, config_from_dict
-from .utils import atomic_write_json, to_jsonable
+from .utils import atomic_write_json, file_damage, to_jsonable
 
 
 class CheckpointError(ValueError):
@@ -46,13 +46,78 @@ def save_checkpoint(path: str | Path, pipe, ema: dict[str, torch.Tensor] | None 
 
 
 def read_meta(path: str | Path) -> dict:
+    """The JSON beside a checkpoint; a missing, unreadable or non-object file raises naming it."""
     path = Path(path)
     meta = path.with_suffix(".json")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if not meta.is_file():
         raise FileNotFoundError(f"checkpoint {path} has no config file beside it ({meta.name})")
-    return json.loads(meta.read_text())
+    try:
+        out = json.loads(meta.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint config {meta} is not valid JSON ({e})") from None
+    if not isinstance(out, dict) or not isinstance(out.get("unet"), dict):
+        raise CheckpointError(f"checkpoint config {meta} is not a checkpoint description of this suite "
+                              "(expected a JSON object with 'variant', 'unet', 'text', 'diffusion')")
+    return out
+
+
+def safetensors_header(path: str | Path) -> dict:
+    """The header of a safetensors file, checked against the file's size (a truncated or foreign file raises
+    ``CheckpointError`` naming it); reads only the header, so it is cheap for any size."""
+    import struct
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path} is not a safetensors file ({size} bytes; truncated?)")
+        n = struct.unpack("<Q", head)[0]
+        if n > min(size - 8, 100_000_000):
+            raise CheckpointError(f"{path} is not a safetensors file (header length {n} for a file of {size} "
+                                  "bytes; truncated or another format?)")
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CheckpointError(f"{path} is not a safetensors file (unreadable header)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not a safetensors file (header is not a JSON object)")
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, stop = info["data_offsets"]
+        except (TypeError, KeyError, ValueError):
+            raise CheckpointError(f"{path} is not a safetensors file (tensor {name!r} has no data_offsets)") from None
+        end = max(end, int(stop))
+    if 8 + n + end != size:
+        raise CheckpointError(f"{path} is truncated or padded: its header describes {8 + n + end} bytes, the file "
+                              f"has {size}")
+    return header
+
+
+def check_checkpoint(path: str | Path) -> dict:
+    """A suite checkpoint is complete and consistent without loading a tensor: the safetensors header covers the
+    file, it holds ``model.`` tensors, its stored variant is the one its JSON names, and the optimizer state beside
+    it (if any) is a complete archive. Returns the JSON; problems raise ``CheckpointError`` naming the file."""
+    path = Path(path)
+    meta = read_meta(path)
+    header = safetensors_header(path)
+    names = [k for k in header if k != "__metadata__"]
+    if not any(k.startswith("model.") for k in names):
+        raise CheckpointError(f"{path} holds no 'model.' tensors ({len(names)} tensors, e.g. "
+                              f"{names[:3]}): not a checkpoint written by this suite")
+    stored = (header.get("__metadata__") or {}).get("variant")
+    if stored is not None and stored != meta.get("variant"):
+        raise CheckpointError(f"{path} holds variant '{stored}' but {path.with_suffix('.json').name} beside it "
+                              f"says '{meta.get('variant')}': the two files are of different checkpoints")
+    optim = path.with_suffix(".optim.pt")
+    damage = file_damage(optim) if optim.is_file() else None
+    if damage:
+        raise CheckpointError(f"optimizer state {optim} is damaged ({damage})")
+    return meta
 
 
 def check_compatible(pipe, meta: dict, path) -> None:
@@ -76,17 +141,30 @@ def load_checkpoint(path: str | Path, pipe, use_ema: bool = False) -> dict:
     """Load weights into ``pipe`` after checking variant and configs; returns the metadata."""
     meta = read_meta(path)
     check_compatible(pipe, meta, path)
-    tensors = load_file(str(path))
+    tensors = _load_tensors(path)
     prefix = "ema." if use_ema else "model."
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     if use_ema:
         state.update({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-    pipe.load_state_dict(state, strict=True)
+    try:
+        pipe.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit the model it describes: "
+                              f"{' '.join(str(e).split())[:600]}") from None
     return meta
 
 
+def _load_tensors(path) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` with a damaged file reported as ``CheckpointError`` naming it."""
+    safetensors_header(path)
+    try:
+        return load_file(str(path))
+    except Exception as e:       # safetensors raises its own SafetensorError (and OSError) for damaged files
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from None
+
+
 def load_ema(path: str | Path) -> dict[str, torch.Tensor]:
-    return {k[4:]: v for k, v in load_file(str(path)).items() if k.startswith("ema.")}
+    return {k[4:]: v for k, v in _load_tensors(path).items() if k.startswith("ema.")}
 
 
 def pipeline_from_checkpoint(path: str | Path, use_ema: bool = True):
@@ -95,15 +173,20 @@ def pipeline_from_checkpoint(path: str | Path, use_ema: bool = True):
     from .models.unet import KeyframeUNet
     from .pipeline import KeyframePipeline
     meta = read_meta(path)
-    ucfg = config_from_dict(UNetConfig, meta["unet"])
-    unet = KeyframeUNet(dataclasses.replace(ucfg, variant="Spatial"))
-    if meta.get("video_model"):
-        unet.config = ucfg
-        unet.add_temporal_modules()
-    if meta.get("conventions"):
-        from .loaders import Conventions
-        unet.conventions = config_from_dict(Conventions, meta["conventions"])
-    pipe = KeyframePipeline(unet, TextEncoder(config_from_dict(TextConfig, meta["text"])),
-                            config_from_dict(DiffusionConfig, meta["diffusion"]))
+    try:
+        ucfg = config_from_dict(UNetConfig, meta["unet"])
+        unet = KeyframeUNet(dataclasses.replace(ucfg, variant="Spatial"))
+        if meta.get("video_model"):
+            unet.config = ucfg
+            unet.add_temporal_modules()
+        if meta.get("conventions"):
+            from .loaders import Conventions
+            unet.conventions = config_from_dict(Conventions, meta["conventions"])
+        pipe = KeyframePipeline(unet, TextEncoder(config_from_dict(TextConfig, meta["text"])),
+                                config_from_dict(DiffusionConfig, meta["diffusion"]))
+    except (KeyError, TypeError, ValueError) as e:
+        what = f"no {e.args[0]!r} entry" if isinstance(e, KeyError) else " ".join(str(e).split())
+        raise CheckpointError(f"checkpoint config {Path(path).with_suffix('.json')} does not describe a model of "
+                              f"this suite ({what})") from None
     load_checkpoint(path, pipe, use_ema=use_ema)
     return pipe

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -74,8 +75,9 @@ def parse_motion(spec: str) -> str | float:
         v = float(s)
     except ValueError:
         raise ValueError(f"--motion {spec!r}: not a number and not a preset ({', '.join(MOTION_PRESETS)})") from None
-    if not np.isfinite(v):
-        raise ValueError(f"--motion {spec!r}: must be a finite number")
+    if not np.isfinite(v) or v < 0:
+        raise ValueError(f"--motion {spec!r}: must be a finite number >= 0 (a motion score) or a preset "
+                         f"({', '.join(MOTION_PRESETS)})")
     return v
 
 
@@ -94,15 +96,26 @@ def resolve_motion(spec: str | float, kind: str, labels: np.ndarray | None) -> t
 
 # --------------------------------------------------------------------------------------------------- inputs
 def read_prompts(prompt: list[str] | None, prompts_file: str | None) -> list[str]:
+    """The prompts of ``--prompt`` and of ``--prompts FILE`` (UTF-8, one per line, blank lines ignored); an empty
+    ``--prompt``, a missing / empty / non-UTF-8 file (file and line named) is a ``ValueError``."""
+    from .utils import InputFileError, read_text_file
     out = list(prompt or [])
+    empty = [i + 1 for i, p in enumerate(out) if not p.strip()]
+    if empty:
+        raise ValueError(f"--prompt {out[empty[0] - 1]!r}: an empty prompt (--prompt number {empty[0]})")
     if prompts_file:
         p = Path(prompts_file)
+        if p.is_dir():
+            raise IsADirectoryError(f"--prompts {prompts_file}: is a folder, expected a text file (one prompt per line)")
         if not p.is_file():
             raise FileNotFoundError(f"--prompts {prompts_file}: no such file")
         try:
-            out += [line.strip() for line in p.read_text().splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"--prompts {prompts_file}: not a readable text file ({e})") from None
+            lines = [line.strip() for line in read_text_file(p, "--prompts file").splitlines() if line.strip()]
+        except OSError as e:
+            raise InputFileError(f"--prompts file {p}: cannot be read ({e.strerror or e})") from None
+        if not lines:
+            raise InputFileError(f"--prompts file {p} holds no prompts (it is empty or blank); one prompt per line")
+        out += lines
     if not out:
         raise ValueError("no prompt: give --prompt TEXT or --prompts FILE (one prompt per line)")
     return out
@@ -111,13 +124,19 @@ def read_prompts(prompt: list[str] | None, prompts_file: str | None) -> list[str
 def check_image(path: str) -> None:
     from PIL import Image
     p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"--image {path}: is a folder, expected an image file (PNG, JPEG, ...)")
     if not p.is_file():
         raise FileNotFoundError(f"--image {path}: no such file")
+    if p.stat().st_size == 0:
+        raise ValueError(f"--image {path}: not a readable image (empty file, 0 bytes)")
     try:
         with Image.open(p) as im:
             im.verify()
-        with Image.open(p) as im:
-            im.load()
+        from PIL import ImageSequence
+        with Image.open(p) as im:           # every frame: a truncated animation is damaged, not a still image
+            for frame in ImageSequence.Iterator(im):
+                frame.load()
     except Exception as e:       # PIL raises many types for broken files
         raise ValueError(f"--image {path}: not a readable image ({type(e).__name__}: {e})") from None
 
@@ -165,10 +184,19 @@ class Loaded:
 def is_interpolation_study(run_dir: str | Path) -> bool:
     """Whether ``run_dir`` is an ``experiments/interpolation.py`` folder (keyframe + interpolation models)."""
     rj = Path(run_dir) / "run.json"
-    try:
-        return rj.is_file() and json.loads(rj.read_text()).get("kind") == "interpolation"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{rj} is not valid JSON ({e})") from None
+    if not rj.is_file():
+        return False
+    return _read_run_json(rj).get("kind") == "interpolation"
+
+
+def _read_run_json(rj: Path) -> dict:
+    """A run folder's run.json (a JSON object), or a ``ValueError`` naming it."""
+    from .utils import file_damage
+    damage = file_damage(rj)
+    if damage:
+        raise ValueError(f"--run {rj.parent}: {rj} is damaged ({damage}); delete it and re-run the command that "
+                         "wrote the folder with the same --out to recompute it")
+    return json.loads(rj.read_text(encoding="utf-8"))
 
 
 def check_interpolation_study(run_dir: str | Path, variant: str | None) -> None:
@@ -176,6 +204,7 @@ def check_interpolation_study(run_dir: str | Path, variant: str | None) -> None:
     if variant:
         raise ValueError(f"--variant {variant!r}: an interpolation study folder has one keyframe model "
                          "(Conv1dAttn1dBlocks); leave --variant out")
+    from .checkpoint import check_checkpoint
     run_dir = Path(run_dir)
     for what, f in (("image", run_dir / "image"), ("keyframe", run_dir / "keyframe"),
                     ("interpolation", run_dir / "rows" / "FusionFrames")):
@@ -184,6 +213,7 @@ def check_interpolation_study(run_dir: str | Path, variant: str | None) -> None:
             if not file.is_file():
                 raise FileNotFoundError(f"--run {run_dir}: the {what} model is missing ({file}); has the study "
                                         "finished training? Re-run experiments/interpolation.py with the same --out")
+        check_checkpoint(ck)
 
 
 def load_interpolation_study(run_dir: str | Path, device="cpu") -> Loaded:
@@ -209,15 +239,14 @@ def run_checkpoint(run_dir: str | Path, variant: str | None = None) -> tuple[Pat
     """(checkpoint, variant, run.json) of an ablate_blocks run folder; every problem is one ValueError /
     FileNotFoundError naming the folder."""
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise NotADirectoryError(f"--run {run_dir}: is a file, expected a run folder")
     if not run_dir.is_dir():
         raise FileNotFoundError(f"--run {run_dir}: no such folder")
     rj = run_dir / "run.json"
     if not rj.is_file():
         raise FileNotFoundError(f"--run {run_dir}: no run.json (not an experiments/ablate_blocks.py run folder)")
-    try:
-        meta = json.loads(rj.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{rj} is not valid JSON ({e})") from None
+    meta = _read_run_json(rj)
     listed = list((meta.get("config") or {}).get("variants") or [])
     vroot = run_dir / "variants"
     on_disk = sorted(p.name for p in vroot.iterdir() if p.is_dir()) if vroot.is_dir() else []
@@ -234,18 +263,33 @@ def run_checkpoint(run_dir: str | Path, variant: str | None = None) -> tuple[Pat
                                 f"{', '.join(trained) or 'none'}")
     if not ck.with_suffix(".json").is_file():
         raise FileNotFoundError(f"checkpoint {ck} has no config file beside it ({ck.with_suffix('.json').name})")
+    from .checkpoint import CheckpointError, check_checkpoint
+    try:
+        check_checkpoint(ck)         # complete and consistent, before any model is built
+    except CheckpointError as e:
+        raise CheckpointError(f"--run {run_dir}: damaged checkpoint: {e}; delete {ck.parent}{os.sep} and "
+                              f"{ck.parent.parent / 'stats.jsonl'}, then re-run experiments/ablate_blocks.py with "
+                              "the same --out to retrain it") from None
     return ck, variant, meta
 
 
 def run_motion_labels(run_dir: Path, meta: dict) -> tuple[np.ndarray | None, str | None]:
     if meta.get("motion_labels"):
-        return np.asarray(meta["motion_labels"], dtype=np.float64), f"{run_dir / 'run.json'} ['motion_labels']"
+        from .utils import check_motion_values
+        labels = meta["motion_labels"]
+        if not isinstance(labels, list):
+            raise ValueError(f"{run_dir / 'run.json'}: 'motion_labels' must be a list of numbers")
+        labels = check_motion_values(labels, run_dir / "run.json", [f"motion_labels[{i}]" for i in range(len(labels))],
+                                     "run folder file")
+        return labels, f"{run_dir / 'run.json'} ['motion_labels']"
     csv = run_dir / "benchmark" / "train.csv"
     if csv.is_file():
-        import pandas as pd
-        df = pd.read_csv(csv)
+        from .utils import check_motion_values, read_csv_file
+        df = read_csv_file(csv, "run folder file")
         if "motion" in df.columns and len(df):
-            return df["motion"].to_numpy(np.float64), f"{csv} ['motion']"
+            labels = check_motion_values(df["motion"].tolist(), csv, [f"row {i + 1}" for i in range(len(df))],
+                                         "run folder file")
+            return labels, f"{csv} ['motion']"
     return None, None
 
 
@@ -312,6 +356,13 @@ def check_kandinsky_video(folder: str | Path, need_interpolation: bool) -> Path:
     if missing:
         why = " (needed for --passes > 0)" if missing == ["interpolation.pt"] else ""
         raise FileNotFoundError(f"--kandinsky-video {folder}: missing {', '.join(missing)}{why}")
+    from .checkpoint import CheckpointError
+    from .utils import file_damage
+    for name in need + [n for n in ("video_movq.pt", "configs.json") if (folder / n).is_file()]:
+        damage = file_damage(folder / name)      # archive structure only: cheap for any size
+        if damage:
+            raise CheckpointError(f"--kandinsky-video {folder}: {folder / name} is damaged ({damage}); "
+                                  "download that file again")
     return folder
 
 
@@ -416,8 +467,9 @@ def generate_videos(loaded: Loaded, prompts: list[str], out: str | Path, *, moti
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m kv_research.generate", description=__doc__.split("\n\n")[0],
-                                 epilog=DEBUG_HELP)
+    from .cli import ArgumentParser
+    ap = ArgumentParser(prog="python -m kv_research.generate", description=__doc__.split("\n\n")[0],
+                        epilog=DEBUG_HELP)
     ap.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable)")
     ap.add_argument("--prompts", default=None, metavar="FILE", help="text file, one prompt per line")
     ap.add_argument("--motion", default="medium", help=f"{'|'.join(MOTION_PRESETS)}|NUMBER (default medium)")
@@ -452,19 +504,27 @@ def main(argv: list[str] | None = None, text_encoder: torch.nn.Module | None = N
     parse_motion(args.motion)
     if args.image:
         check_image(args.image)
-    for name in ("frames", "size", "steps", "interpolation_steps"):
+    for name, lo in (("frames", 2), ("size", 1), ("steps", 1), ("interpolation_steps", 1), ("seed", 0)):
         v = getattr(args, name)
-        if v is not None and v <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} {v}: must be positive")
+        if v is not None and v < lo:
+            raise ValueError(f"--{name.replace('_', '-')} {v}: must be a whole number >= {lo}")
+    if args.guidance is not None and not np.isfinite(args.guidance):
+        raise ValueError(f"--guidance {args.guidance}: must be a finite number")
+    from .cli import check_device, check_out_dir
+    check_device(args.device)
+    check_out_dir(args.out)
     if args.run:
         if args.text_encoder or args.unet_kwargs:
             raise ValueError("--text-encoder / --unet-kwargs are for --kandinsky-video (a run folder has its own)")
         if is_interpolation_study(args.run):
             check_interpolation_study(args.run, args.variant)
-        elif run_checkpoint(args.run, args.variant) and args.passes > 0:
-            raise ValueError(f"--passes {args.passes}: run folder {args.run} has no interpolation model "
-                             "(experiments/ablate_blocks.py trains keyframe models only; an experiments/interpolation.py "
-                             "folder has one); use --passes 0")
+        else:
+            _, _, run_meta = run_checkpoint(args.run, args.variant)
+            if args.passes > 0:
+                raise ValueError(f"--passes {args.passes}: run folder {args.run} has no interpolation model "
+                                 "(experiments/ablate_blocks.py trains keyframe models only; an "
+                                 "experiments/interpolation.py folder has one); use --passes 0")
+            run_motion_labels(Path(args.run), run_meta)      # the motion presets' source is readable
     else:
         if args.variant:
             raise ValueError("--variant is for --run")

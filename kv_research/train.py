@@ -5,7 +5,8 @@ Modes: ``image`` and ``video`` (``KeyframePipeline``), ``interpolation`` (``Inte
 slot carries the skip-frame label instead of the motion score). Video and interpolation use ``video_lr`` and
 ``video_batch_size``.
 
-* AdamW on the trainable parameters only (spatial weights are frozen after inflation unless asked otherwise).
+* AdamW on the trainable parameters only (spatial weights are frozen after inflation unless asked otherwise),
+  fused into one kernel where the torch build has one for the device (``make_adamw``).
 * EMA with warm-up: ``decay = min(max_decay, 1 - (1 + step) ** -power)``. Why: a short CPU run never reaches the
   horizon of a fixed 0.9999 decay; the warm-up lets the average track the early, fast-moving weights.
 * Gradient clipping, JSONL stats (loss, steps/s, samples/s), checkpoints (safetensors + JSON) every
@@ -89,6 +90,35 @@ class LatentTrainData:
         return x, [self.captions[i] for i in idx], motion
 
 
+def fused_adamw_supported(params) -> bool:
+    """Whether this torch build has a fused AdamW kernel for every parameter (device type and float dtype)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:          # a private helper: if it moves, fall back to the per-tensor loop
+        return False
+    devices = _get_fused_kernels_supported_devices()
+    return all(p.device.type in devices and torch.is_floating_point(p) for p in params)
+
+
+def make_adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW, ``fused=True`` where supported. Why: the default CPU AdamW loops over the tensors one by one; at the
+    quick widths (1 thread, shared 2-core EPYC, interleaved, median of 30) a step took 39 ms against 17 ms fused for
+    the image model (779 tensors) and 29 ms against 12.5 ms for a video fine-tune (586). Same update arithmetic;
+    parameters agree with the loop within float rounding (tests/test_diffusion.py)."""
+    params = list(params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused_adamw_supported(params))
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
+    """``opt.load_state_dict(state)`` keeping ``opt``'s implementation (``fused`` / ``foreach``). Why: loading
+    takes those flags from the file, so a checkpoint written by the per-tensor loop (older runs, or a device without
+    the fused kernel) would silently switch a resumed run to the saved implementation."""
+    impl = ("fused", "foreach")
+    groups = [{**saved, **{k: g[k] for k in impl if k in g}}
+              for saved, g in zip(state["param_groups"], opt.param_groups)]
+    opt.load_state_dict({**state, "param_groups": groups})
+
+
 def ema_decay(step: int, cfg: TrainConfig) -> float:
     return min(cfg.ema_max_decay, 1 - (1 + step) ** -cfg.ema_power)
 
@@ -109,7 +139,7 @@ class Trainer:
         if not self.params:
             raise ValueError("nothing to train: every parameter is frozen")
         lr = cfg.lr if mode == "image" else cfg.video_lr
-        self.opt = torch.optim.AdamW(self.params.values(), lr=lr, weight_decay=cfg.weight_decay)
+        self.opt = make_adamw(self.params.values(), lr=lr, weight_decay=cfg.weight_decay)
         self.ema = {n: p.detach().clone() for n, p in self.params.items()}
         self.step = 0
         self._losses: list[float] = []       # losses of the logging window not yet written to stats.jsonl
@@ -136,7 +166,7 @@ class Trainer:
         self.ema = {k: v.to(self.device) for k, v in load_ema(self.ckpt).items()}
         opt_path = self.ckpt.with_suffix(".optim.pt")
         if opt_path.is_file():
-            self.opt.load_state_dict(torch.load(opt_path, map_location=self.device, weights_only=True))
+            load_optimizer_state(self.opt, torch.load(opt_path, map_location=self.device, weights_only=True))
         self.step = int(meta["step"])
         self._losses = [float(x) for x in meta.get("window_losses", [])]
         if self.stats_path.is_file():  # drop stats logged after the checkpoint; they will be logged again

@@ -143,3 +143,93 @@ def check_motion_values(cells, path, labels, what: str = "prompt file"):
                                  f"got {cell!r}")
         out[i] = x
     return out
+
+
+# ----------------------------------------------------------------------------------------------- run folders
+class RunFolderError(ValueError):
+    """A file an earlier run wrote cannot be read back (truncated, foreign, garbage). The message names the file and
+    says what to delete so that a re-run recomputes it; nothing in the folder was changed."""
+
+
+def file_damage(path: str | os.PathLike, video: bool = False, npz_keys: tuple = ()) -> str | None:
+    """Why a file this suite wrote cannot be read back, or None when it can. By suffix: ``.json`` (one JSON
+    object), ``.jsonl`` (a JSON object per line), ``.csv`` (``read_csv_file``), ``.npz`` (every array read, so
+    zip CRCs are checked; ``npz_keys``: one of them must be there; ``video``: a uint8 (T, H, W, 3) ``video``),
+    ``.gif`` / ``.png`` (every frame decoded), ``.safetensors`` (header against the file size, no tensor read),
+    ``.pt`` (a complete zip archive). Other suffixes are not inspected."""
+    import json
+    import zipfile
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return "empty file (0 bytes)"
+        if suffix in (".json", ".jsonl"):
+            try:
+                text = path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError as e:
+                return f"not UTF-8 text (byte offset {e.start})"
+            lines = [(i + 1, ln) for i, ln in enumerate(text.splitlines()) if ln.strip()] if suffix == ".jsonl" \
+                else [(None, text)]
+            if not lines:
+                return "no records"
+            for line, chunk in lines:
+                where = f"line {line}: " if line else ""
+                try:
+                    obj = json.loads(chunk)
+                except json.JSONDecodeError as e:
+                    return f"{where}not valid JSON ({e})"
+                if not isinstance(obj, dict):
+                    return f"{where}not a JSON object (a {type(obj).__name__})"
+            return None
+        if suffix == ".csv":
+            try:
+                read_csv_file(path, "file")
+            except InputFileError as e:
+                return str(e).replace(f"file {path}", "").strip(" :") or str(e)
+            return None
+        if suffix == ".npz":
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    arrays = {k: z[k] for k in z.files}
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as e:
+                return f"not a readable .npz archive ({type(e).__name__}: {e})"
+            keys = ("video",) if video else npz_keys
+            if keys and not any(k in arrays for k in keys):
+                return f"holds {sorted(arrays)}, not {' or '.join(repr(k) for k in keys)}"
+            if video:
+                v = arrays["video"]
+                if v.dtype != np.uint8 or v.ndim != 4 or v.shape[-1] != 3 or 0 in v.shape:
+                    return f"'video' is {v.dtype} {tuple(v.shape)}, expected uint8 (T, H, W, 3)"
+            return None
+        if suffix in (".gif", ".png"):
+            from PIL import Image, ImageSequence
+            try:
+                with Image.open(path) as im:
+                    for frame in ImageSequence.Iterator(im):
+                        frame.load()
+            except Exception as e:       # PIL raises many types for broken files
+                return f"not a readable image ({type(e).__name__}: {e})"
+            return None
+        if suffix == ".safetensors":
+            from .checkpoint import CheckpointError, safetensors_header
+            try:
+                safetensors_header(path)
+            except CheckpointError as e:
+                return str(e).replace(f"{path} ", "", 1)
+            return None
+        if suffix == ".pt":
+            with open(path, "rb") as f:
+                if f.read(1) == b"\x80":    # torch's legacy (pre-1.6) pickle format: no archive to check here
+                    return None
+            try:
+                with zipfile.ZipFile(path) as zf:
+                    if any(i.header_offset + i.compress_size > size for i in zf.infolist()):
+                        return "truncated torch archive (an entry lies beyond the end of the file)"
+            except (zipfile.BadZipFile, ValueError) as e:
+                return f"not a complete torch archive ({e})"
+            return None
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    return None

@@ -14,7 +14,6 @@ it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
@@ -58,18 +57,23 @@ def variant_table(preset: str = "quick", variants: list[str] | None = None, devi
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m kv_research.variants", description=__doc__.splitlines()[0])
+    from .cli import ArgumentParser, UsageError, debug_enabled
+    ap = ArgumentParser(prog="python -m kv_research.variants", description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="quick", help="smoke | quick | paper (default: quick)")
     ap.add_argument("--variants", nargs="*", default=None, help="subset of variant names (default: all)")
     ap.add_argument("--json", action="store_true", help="print JSON: list of {name, params_total, "
                                                          "params_temporal, gflops}")
-    args = ap.parse_args(argv)
     try:
+        args = ap.parse_args(argv)
         get_preset(args.preset)
         for v in args.variants or []:
             if v not in VARIANTS:
                 raise KeyError(f"unknown variant '{v}'; known: {', '.join(VARIANTS)}")
-    except KeyError as e:
+        if args.variants is not None and len(set(args.variants)) != len(args.variants):
+            raise UsageError(f"--variants: a variant listed twice ({' '.join(args.variants)})")
+    except (KeyError, UsageError) as e:
+        if debug_enabled():
+            raise
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
     rows = variant_table(args.preset, args.variants)

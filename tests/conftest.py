@@ -54,3 +54,21 @@ def smoke_image_unet():
             if "context_mlp" in name:
                 prm.copy_(torch.randn(prm.shape, generator=g) * 0.1)
     return img
+
+
+# the smallest complete ablate_blocks run folder: one variant, 2 + 2 training steps, 2 prompts (motion-control pairs,
+# Untrained and Real rows included), so it holds one file of every kind a run writes. Tests copy it, never modify it.
+TINY_RUN_ARGS = ["--preset", "smoke", "--variants", "Conv1dAttn1dBlocks", "--set", "train.image_steps=2",
+                 "--set", "train.video_steps=2", "--prompt-limit", "2", "--no-progress", "--threads", "1"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    import subprocess
+    import sys
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    r = subprocess.run([sys.executable, str(REPO / "experiments" / "ablate_blocks.py"), *TINY_RUN_ARGS,
+                        "--out", str(out)], env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out

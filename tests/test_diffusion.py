@@ -173,3 +173,92 @@ def test_dropped_first_frames_in_one_call_equal_first_frame_none():
     assert (one[keep] - kept).abs().max() < 1e-4 and (one[1:2] - dropped).abs().max() < 1e-4
     assert (one[1:2] - pipe.unet(x[1:2], t[1:2], text[1:2], mask[1:2], first_frame=first[1:2], motion_score=m[1:2],
                                  noise_level=lv[1:2])).abs().max() > 1e-3      # the keep flag really matters
+
+
+def _two_call_video_forward(pipe, x_t, t, text, mask, first, keep, motion, level):
+    """The pre-issue-14 path, kept as the reference: kept clips and dropped clips in two UNet calls."""
+    out = torch.empty_like(x_t)
+    for sel, ff in ((keep, first), (~keep, None)):
+        if sel.any():
+            out[sel] = pipe.unet(x_t[sel], t[sel], text[sel], mask[sel], first_frame=None if ff is None else ff[sel],
+                                 motion_score=motion[sel], noise_level=level[sel])
+    return out
+
+
+def test_one_call_video_loss_and_gradients_equal_the_two_call_path(monkeypatch):
+    """Training through the one-call forward gives the loss and every gradient of the old two-call path.
+
+    In float64, where batch-size-dependent BLAS rounding is negligible: in float32 the two paths' gradients differ by
+    rounding only, but backward amplifies it (up to 1e-3 of a small tensor's largest gradient on this CPU)."""
+    pipe = tiny_pipe(variant="Conv1dAttn1dBlocks")
+    with torch.no_grad():                         # as if trained: the zero-initialised temporal outputs random
+        for n, prm in pipe.unet.named_parameters():
+            if kv.models.is_inflation_param(n):
+                prm.normal_(0, 0.2)
+    pipe = pipe.double()
+    data = toy_data(n=4)
+    clips = data.clips.double()
+    pipe.diffusion_cfg.p_uncond_image = 0.5       # seed 3 draws keep = [F, T, T, F]: both branches in one batch
+
+    def loss_and_grads():
+        pipe.zero_grad(set_to_none=True)
+        loss = pipe.video_loss(clips, data.captions, data.motion, torch.Generator().manual_seed(3))
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in pipe.named_parameters() if p.grad is not None}
+
+    seen = []
+    one_call = pipe._video_forward
+    monkeypatch.setattr(pipe, "_video_forward", lambda *a: seen.append(a[5].clone()) or one_call(*a))
+    loss1, g1 = loss_and_grads()
+    assert seen[0].tolist() == [False, True, True, False]
+    monkeypatch.setattr(pipe, "_video_forward", lambda *a: _two_call_video_forward(pipe, *a))
+    loss2, g2 = loss_and_grads()
+    assert torch.allclose(loss1, loss2, rtol=1e-9, atol=0), (loss1, loss2)
+    assert g1.keys() == g2.keys() and any(n.startswith("unet.video_in_conv") for n in g1)
+    for n in g1:
+        assert (g1[n] - g2[n]).abs().max() <= 1e-9 * g2[n].abs().max(), n
+
+
+def _adamw_steps(pipe, ref, steps, fused):
+    from kv_research.train import make_adamw
+    with torch.no_grad():
+        for n, p in pipe.named_parameters():
+            p.copy_(ref[n])
+    params = [p for p in pipe.parameters() if p.requires_grad]
+    opt = make_adamw(params, 3e-3, 1e-2) if fused else torch.optim.AdamW(params, lr=3e-3, weight_decay=1e-2)
+    assert opt.param_groups[0]["fused"] is (True if fused else None)        # CPU fused AdamW: torch >= 2.4
+    data = toy_data()
+    frames = data.clips[:, :, 0].to(params[0].dtype)
+    for step in range(steps):
+        opt.zero_grad(set_to_none=True)
+        pipe.image_loss(frames, data.captions, torch.Generator().manual_seed(step)).backward()
+        opt.step()
+    return {n: p.detach().clone() for n, p in pipe.named_parameters()}
+
+
+@pytest.mark.parametrize("dtype, steps, tol", [(torch.float32, 1, 1e-4), (torch.float64, 5, 1e-9)])
+def test_fused_adamw_matches_the_per_tensor_loop(dtype, steps, tol):
+    """``make_adamw`` (fused where supported) takes the same steps as AdamW's default loop, within rounding
+    (difference relative to how far each tensor moved). Several steps in float64 only: in float32 the attention key
+    biases get pure-rounding-noise gradients (softmax ignores them) near Adam's eps, which Adam magnifies."""
+    pipe = tiny_pipe().to(dtype)
+    ref = {n: p.detach().clone() for n, p in pipe.named_parameters()}
+    fused, loop = _adamw_steps(pipe, ref, steps, True), _adamw_steps(pipe, ref, steps, False)
+    for n in ref:
+        assert (fused[n] - loop[n]).abs().max() <= tol * (loop[n] - ref[n]).abs().max(), n
+
+
+def test_resume_from_a_per_tensor_loop_checkpoint_stays_fused(tmp_path):
+    """A checkpoint whose optimizer state was written by the loop AdamW resumes fused, at the same weights."""
+    data = toy_data()
+    cfg = dataclasses.replace(kv.get_preset("smoke").train, batch_size=4, lr=3e-3, log_every=5, ckpt_every=5)
+    tr = Trainer(tiny_pipe(), "image", data, cfg, tmp_path / "run", steps=10, progress=False)
+    tr.opt = torch.optim.AdamW(tr.params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)     # as old runs did
+    tr.fit(stop_after=5)
+    assert torch.load(tr.ckpt.with_suffix(".optim.pt"), weights_only=True)["param_groups"][0]["fused"] is None
+    resumed = Trainer(tiny_pipe(), "image", data, cfg, tmp_path / "run", steps=10, progress=False)
+    assert resumed.resume() and resumed.step == 5
+    assert resumed.opt.param_groups[0]["fused"] is True
+    assert torch.equal(resumed.opt.state_dict()["state"][0]["exp_avg"], tr.opt.state_dict()["state"][0]["exp_avg"])
+    resumed.fit()
+    assert resumed.step == 10 and [r["step"] for r in read_stats(tmp_path / "run")] == [5, 10]

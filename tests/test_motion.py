@@ -91,6 +91,14 @@ def test_motion_score_is_flow_statistics_of_flow_pairs(raft):
     torch.testing.assert_close(M.flow_statistics(flows)["motion_score"], by_hand, rtol=1e-4, atol=1e-5)
 
 
+def test_default_pairs_per_call_give_the_statistics_of_the_old_default(raft):
+    """``RAFT_BATCH_PAIRS`` (28) was 56: per-pair statistics of 8-frame clips agree within float rounding."""
+    video = torch.stack([make_clip(i, SyntheticConfig(), "test").video for i in range(8)])
+    assert M.RAFT_BATCH_PAIRS == 28
+    now, before = M.motion_stats(video, raft)["mean"], M.motion_stats(video, raft, batch_size=56)["mean"]
+    torch.testing.assert_close(now, before, rtol=1e-5, atol=1e-6)
+
+
 def test_synthetic_known_speeds_are_measured_and_ranked(raft):
     speeds = np.linspace(0, 0.08, 6)                                        # 0 to 2.56 px per frame at 32 px
     cfg = SyntheticConfig(size=32, frames=2)

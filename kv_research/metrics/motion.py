@@ -31,10 +31,16 @@ is the default; pass ``MotionConfig(num_flow_updates=12)`` (labels) and ``num_fl
 for the slower one.
 
 CPU cost: RAFT-small at 128x128 is 0.32 GFLOP of encoders plus 0.45 GFLOP per refinement, 5.7 GFLOP per pair at
-12 updates; on CPU, batches of about 56 pairs run 2-3x faster per pair than batches of 14 (hence batch_size=56).
-With 2 threads that is 37 ms/pair on an idle Xeon (512 clips x 7 pairs in 2.2 min) but about 300 ms/pair on the
-shared 2-core EPYC of the study machine under a load of 4-6; ``num_flow_updates=4`` halves the time there
-(Spearman 0.965 instead of 0.969, noise floor 0.20 instead of 0.12).
+12 updates. Pairs per RAFT call (``RAFT_BATCH_PAIRS`` = 28, i.e. 4 whole 8-frame clips): on the shared 2-core EPYC
+of the study machine (1 thread, 112 pairs at 6 updates, 3 interleaved rounds, ``benchmarks/bench_metrics.py
+--raft-batches 16,28,56``) 16, 28 and 56 pairs per call took 40, 38 and 44 ms/pair: the larger batches are not
+faster (56 was 1.13x slower than 16 pair for pair; an earlier 2-thread measurement found it about 15 % slower
+too), so the default is the smallest batch that is as fast, which also holds less memory. The flows, and so the
+labels, do not depend on it beyond float rounding: 28 and 56 gave bit-identical per-pair statistics there
+(``MKL_CBWR=AUTO,STRICT``; tests/test_motion.py).
+With 2 threads and 12 updates a pair took 37 ms on an idle Xeon (512 clips x 7 pairs in 2.2 min) but about
+300 ms on the study machine under a load of 4-6; ``num_flow_updates=4`` halves the time (Spearman 0.965 instead
+of 0.969, noise floor 0.20 instead of 0.12).
 
 The VBench (``dynamic_degree``) and EvalCrafter (``flow_score``) statistics are computed from the same flows,
 for comparison with published numbers; their conventions are documented at each function.
@@ -74,6 +80,7 @@ class MotionConfig:
 
 
 _DEFAULT = MotionConfig()
+RAFT_BATCH_PAIRS = 28             # frame pairs per RAFT call (measured: see the module docstring)
 
 
 # ----------------------------------------------------------------------------------------------- weights
@@ -208,7 +215,7 @@ def _iter_flows(video: torch.Tensor, raft, work_size: int, num_flow_updates: int
 
 @torch.no_grad()
 def flow_pairs(video: torch.Tensor, raft=None, *, work_size: int = _DEFAULT.work_size,
-               num_flow_updates: int = _DEFAULT.num_flow_updates, batch_size: int = 56, device=None,
+               num_flow_updates: int = _DEFAULT.num_flow_updates, batch_size: int = RAFT_BATCH_PAIRS, device=None,
                progress: bool = False) -> torch.Tensor:
     """Flows between consecutive frames, (B, T-1, 2, H', W') in working-size pixels (u = x, v = y).
 
@@ -236,7 +243,7 @@ def _resolve(raft, device):
 # ----------------------------------------------------------------------------------------------- statistics
 @torch.no_grad()
 def motion_stats(video: torch.Tensor, raft=None, *, work_size: int = _DEFAULT.work_size,
-                 num_flow_updates: int = _DEFAULT.num_flow_updates, batch_size: int = 56, device=None,
+                 num_flow_updates: int = _DEFAULT.num_flow_updates, batch_size: int = RAFT_BATCH_PAIRS, device=None,
                  progress: bool = False, top_fraction: float = 0.05) -> dict[str, torch.Tensor]:
     """One RAFT pass, every statistic. Returns per-pair tensors (B, T-1), all normalised to a 256-px short side:
 
@@ -338,8 +345,9 @@ def vbench_frame_indices(num_frames: int, fps: float) -> list[int]:
 
 
 @torch.no_grad()
-def vbench_motion_stats(video: torch.Tensor, raft=None, fps: float | None = None, *, batch_size: int = 56,
-                        device=None, progress: bool = False, top_fraction: float = 0.05) -> dict[str, torch.Tensor]:
+def vbench_motion_stats(video: torch.Tensor, raft=None, fps: float | None = None, *,
+                        batch_size: int = RAFT_BATCH_PAIRS, device=None, progress: bool = False,
+                        top_fraction: float = 0.05) -> dict[str, torch.Tensor]:
     """``motion_stats`` under VBench's protocol: frames ``vbench_frame_indices(T, fps)``, 20 RAFT refinements,
     native resolution (upsampled to RAFT's 128-px minimum short side only when smaller, as the suite does).
 
@@ -405,7 +413,7 @@ class MotionLabelCache:
     """
 
     def __init__(self, root=None, raft: torch.nn.Module | None = None, *, cfg: MotionConfig | None = None,
-                 weights_path=None, batch_size: int = 56, device="cpu", flush_every: int = 32):
+                 weights_path=None, batch_size: int = RAFT_BATCH_PAIRS, device="cpu", flush_every: int = 32):
         self.cfg = cfg or MotionConfig()
         self.flush_every = flush_every
         self.root = Path(root) if root is not None else default_cache_dir()
