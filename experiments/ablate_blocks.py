@@ -67,6 +67,7 @@ def config_from_args(args) -> AblationConfig:
                  samples_per_prompt=args.samples_per_prompt, include_untrained=not args.no_untrained,
                  device=args.device, bf16=args.bf16, compile=args.compile, seed=args.seed,
                  progress=not args.no_progress, overrides=dict(args.overrides), train_bf16=args.train_bf16,
+                 jobs=args.jobs, threads=args.threads or None,
                  **{k: getattr(args, k) for k in REAL_FIELDS})
     if flags["metrics"]:
         flags["metrics"] = tuple(m.strip() for m in flags["metrics"].split(",") if m.strip())
@@ -119,7 +120,11 @@ def main(argv=None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[],
                     metavar="SECTION.FIELD=VALUE", help="override a preset field, e.g. --set train.video_steps=50")
     ap.add_argument("--dry-run", action="store_true", help="check inputs, print the plan and exit")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads per process (0 = torch's default; cores // jobs in each row job)")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="rows trained and generated at once, in worker processes (default: one per CPU core on a "
+                         "CPU run outside torchrun, else 1; 1 = one after the other in this process)")
     ap.add_argument("--no-progress", action="store_true")
     from kv_research.cli import debug_enabled, input_errors
     try:

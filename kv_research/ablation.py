@@ -18,6 +18,7 @@ run.json is rewritten only when a run completes (or first created), so a failed 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -66,6 +67,8 @@ class AblationConfig:
     i3d: str | None = None              # detector files (default: found in $KV_WEIGHTS_DIR)
     clip: str | None = None
     train_bf16: bool = False            # bf16 autocast for training too (GPU)
+    jobs: int | None = None             # rows trained in parallel worker processes (None: auto; see row_jobs)
+    threads: int | None = None          # torch threads per process (None: torch's default; cores // jobs per worker)
 
     def __post_init__(self):
         self.variants = tuple(self.variants)
@@ -75,7 +78,7 @@ class AblationConfig:
     def identity(self) -> dict:
         """What makes two runs the same run (the variant list may grow; the folder and device may change)."""
         d = to_jsonable(self)
-        for k in ("variants", "out", "device", "progress", "compile"):
+        for k in ("variants", "out", "device", "progress", "compile", "jobs", "threads"):
             d.pop(k)
         for k in ("init_kandinsky3", "text_encoder", "codec", "decoder", "data", "reference", "fps", "prompt_limit",
                   "metrics", "i3d", "clip", "train_bf16"):
@@ -191,6 +194,8 @@ def check_options(cfg: AblationConfig) -> None:
     whole("seed", cfg.seed, 0)
     whole("n_reference", cfg.n_reference, 2)
     whole("prompt_limit", cfg.prompt_limit, 1, optional=True)
+    whole("jobs", cfg.jobs, 1, optional=True)
+    whole("threads", cfg.threads, 1, optional=True)
     import math
     if isinstance(cfg.fps, bool) or not isinstance(cfg.fps, (int, float)) or not math.isfinite(cfg.fps) \
             or cfg.fps <= 0:
@@ -453,13 +458,13 @@ def dry_run_report(cfg: AblationConfig) -> tuple[dict, str]:
 
 # --------------------------------------------------------------------------------------------------- run
 def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
-    from .harness import generate_prompt_set, init_distributed, load_samples, sample_names
-    from .train import Trainer
+    from .harness import init_distributed
 
     validate(cfg)
     t_start = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     dist = init_distributed(cfg.device)
-    p = resolved_preset(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -479,84 +484,41 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
                 timings[name] = time.perf_counter() - s.t
         return _T()
 
-    # 1. the study's parts: data, labels, text, the image model, prompts, reference, detectors ----------------
-    from .study_inputs import prepare_inputs
-    inputs = prepare_inputs(cfg, p, out, dist, stage)
-    image, prompts = inputs.image, inputs.prompts
-    amp = torch.bfloat16 if cfg.train_bf16 else None
+    # 1-2. the study's parts and the image model ---------------------------------------------------------------
+    st = _prepare(cfg, dist, stage)
+    p, inputs, image, prompts = st.p, st.inputs, st.image, st.prompts
 
-    # 2. text-to-image pretraining (once, shared by every variant; skipped for Kandinsky 3.0) -----------------
-    if inputs.pretrain:
-        with stage("image pretraining"):
-            tr = Trainer(image, "image", inputs.data, p.train, out / "image", progress=cfg.progress,
-                         device=cfg.device, autocast_dtype=amp)
-            tr.fit()
-            image.load_state_dict(tr.ema_state_dict())     # inflate from the EMA weights
-    image.to(cfg.device).eval()
-
-    gen_kw = dict(frames=p.frames, size=inputs.size, samples_per_prompt=cfg.samples_per_prompt,
-                  batch_size=p.eval.batch_size, base_seed=cfg.seed, dist=dist, progress=cfg.progress,
-                  autocast_dtype=torch.bfloat16 if cfg.bf16 else None)
-    rows_dirs: dict[str, Path] = {}
-    control_prompts = motion_control_prompts(prompts, inputs.labels, p.eval)
-
-    # 3. each variant: inflate, fine-tune, generate ------------------------------------------------------
-    for v in cfg.variants:
-        vdir = out / "variants" / v
-        pipe = image.inflated(v, train_spatial=p.train.train_spatial)
-        if cfg.compile:     # compiles forward in place; state_dict keys stay the same (no '_orig_mod.')
-            pipe.unet.compile()
-        with stage(f"{v}: fine-tune"):
-            tr = Trainer(pipe, "video", inputs.data, p.train, vdir, progress=cfg.progress, device=cfg.device,
-                         autocast_dtype=amp)
-            tr.fit()
-            pipe.load_state_dict(tr.ema_state_dict())
-        pipe.eval()
-        with stage(f"{v}: generate"):
-            generate_prompt_set(pipe, prompts, vdir, first_frames_dir=out / "first_frames", image_pipe=image,
-                                **gen_kw)
-        if control_prompts is not None:
-            with stage(f"{v}: motion control"):
-                generate_prompt_set(pipe, control_prompts, vdir / CONTROL, first_frames_dir=out / "first_frames",
-                                    image_pipe=image, **gen_kw)
-        rows_dirs[v] = vdir
-        del pipe
-    if cfg.include_untrained:
-        raw = inputs.untrained().to(cfg.device).eval()
-        udir = out / "variants" / UNTRAINED
-        with stage("Untrained: generate"):
-            generate_prompt_set(raw, prompts, udir, first_frames_dir=udir / "first_frames", **gen_kw)
-        rows_dirs[UNTRAINED] = udir
-        del raw
+    # 3. each row: inflate, fine-tune, generate (in parallel worker processes when jobs > 1) -----------------
+    tasks = list(cfg.variants) + ([UNTRAINED] if cfg.include_untrained else [])
+    rows = tasks + ([REAL] if inputs.real_videos is not None else [])      # the rows of the table
+    jobs, threads = row_jobs(cfg, dist, len(tasks))
+    meta["jobs"] = {"jobs": jobs, "threads_per_job": threads if jobs > 1 else torch.get_num_threads()}
+    ev = None
+    if jobs > 1:     # each worker also evaluates its rows: the evaluators are trained (or loaded) once, here
+        ev = _evaluators(st, stage)
+        with stage(f"rows in {jobs} parallel jobs (wall)"):
+            timings.update(_rows_in_workers(cfg, rows, jobs, threads))
+    else:
+        for v in tasks:
+            _row(st, v, stage)
 
     if not dist.main:
         return pd.DataFrame()
 
-    # 4. evaluation ---------------------------------------------------------------------------------------
-    samples = sample_names(prompts, cfg.samples_per_prompt)
-    names, texts, requested = [x[0] for x in samples], [x[1] for x in samples], [x[3] for x in samples]
-    requested = None if requested[0] is None else np.asarray(requested, dtype=np.float64)
-    ev = None
-    if {"fvd_syn", "clipsim_syn", "attr_acc"} & set(inputs.metrics):
-        from .metrics.evaluators import load_or_train_evaluators
-        with stage("evaluators"):
-            ev = load_or_train_evaluators(inputs.data_cfg, p.eval.evaluator_preset, progress=cfg.progress,
-                                          device=cfg.device)
+    # 4. evaluation (cached per row in its summary.json: rows the workers evaluated are read back) -----------
+    if jobs == 1:
+        ev = _evaluators(st, stage)
+    from .harness import sample_names
     from .metrics.motion import load_raft
+    names = [x[0] for x in sample_names(prompts, cfg.samples_per_prompt)]
     raft = load_raft(device=cfg.device)    # one RAFT for every row's motion columns and motion-control pairs
     summaries: dict[str, dict] = {}
-    real_dir = out / "variants" / REAL
+    for name in rows:
+        key = f"{name}: evaluate"
+        with stage(key) if key not in timings else contextlib.nullcontext():
+            summaries[name] = _evaluate_row(st, name, ev, raft)
+    rows_dirs = {name: out / "variants" / name for name in tasks}
     real_videos = inputs.real_videos
-    for name, folder in list(rows_dirs.items()) + ([(REAL, real_dir)] if real_videos is not None else []):
-        with stage(f"{name}: evaluate"):
-            videos = real_videos if name == REAL else load_samples(folder, names)
-            control = None
-            if control_prompts is not None and name in cfg.variants:
-                cnames = [s[0] for s in sample_names(control_prompts, cfg.samples_per_prompt)]
-                control = (load_samples(folder / CONTROL, cnames),
-                           np.repeat(control_prompts.motion.to_numpy(np.float64), cfg.samples_per_prompt))
-            summaries[name] = evaluate_folder(folder, videos, names, texts, requested, inputs.reference, ev, p,
-                                              cfg, control, raft, metrics=inputs.metrics, detectors=inputs.detectors)
 
     # 5. table, figures, run.json -------------------------------------------------------------------------
     from .tables import build_table, write_figures, write_tables
@@ -593,6 +555,216 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
                  "variants_done": sorted(set(meta["variants_done"]) | set(cfg.variants))})
     atomic_write_json(run_json, meta)
     return table
+
+
+# ------------------------------------------------------------------------------------------- the rows
+@dataclass
+class _Study:
+    """What every row needs besides its name: built once per process by ``_prepare``."""
+    cfg: AblationConfig
+    p: object
+    out: Path
+    inputs: object
+    image: object
+    prompts: pd.DataFrame
+    control_prompts: pd.DataFrame | None
+    gen_kw: dict
+    amp: object
+
+
+def _prepare(cfg: AblationConfig, dist, stage) -> _Study:
+    """The study's parts (data, labels, text, prompts, reference, detectors) and the image model, pretrained
+    once and shared by every variant (skipped for Kandinsky 3.0; a finished pretraining is loaded back)."""
+    from .study_inputs import prepare_inputs
+    from .train import Trainer
+    p = resolved_preset(cfg)
+    out = Path(cfg.out)
+    inputs = prepare_inputs(cfg, p, out, dist, stage)
+    image, prompts = inputs.image, inputs.prompts
+    amp = torch.bfloat16 if cfg.train_bf16 else None
+    if inputs.pretrain:
+        with stage("image pretraining"):
+            tr = Trainer(image, "image", inputs.data, p.train, out / "image", progress=cfg.progress,
+                         device=cfg.device, autocast_dtype=amp)
+            tr.fit()
+            image.load_state_dict(tr.ema_state_dict())     # inflate from the EMA weights
+    image.to(cfg.device).eval()
+    gen_kw = dict(frames=p.frames, size=inputs.size, samples_per_prompt=cfg.samples_per_prompt,
+                  batch_size=p.eval.batch_size, base_seed=cfg.seed, dist=dist, progress=cfg.progress,
+                  autocast_dtype=torch.bfloat16 if cfg.bf16 else None)
+    return _Study(cfg, p, out, inputs, image, prompts, motion_control_prompts(prompts, inputs.labels, p.eval), gen_kw,
+                  amp)
+
+
+def _row(st: _Study, v: str, stage) -> None:
+    """One row of the table: inflate the image model, fine-tune, generate the prompt set and the motion-control
+    set (``Untrained``: generate from the random-init video model). Every step skips what is already on disk."""
+    from .harness import generate_prompt_set
+    from .train import Trainer
+    cfg, cfg_out, p = st.cfg, st.out, st.p
+    vdir = cfg_out / "variants" / v
+    if v == UNTRAINED:
+        raw = st.inputs.untrained().to(st.cfg.device).eval()
+        with stage("Untrained: generate"):
+            generate_prompt_set(raw, st.prompts, vdir, first_frames_dir=vdir / "first_frames", **st.gen_kw)
+        return
+    pipe = st.image.inflated(v, train_spatial=p.train.train_spatial)
+    if cfg.compile:     # compiles forward in place; state_dict keys stay the same (no '_orig_mod.')
+        pipe.unet.compile()
+    with stage(f"{v}: fine-tune"):
+        tr = Trainer(pipe, "video", st.inputs.data, p.train, vdir, progress=cfg.progress, device=cfg.device,
+                     autocast_dtype=st.amp)
+        tr.fit()
+        pipe.load_state_dict(tr.ema_state_dict())
+    pipe.eval()
+    with stage(f"{v}: generate"):
+        generate_prompt_set(pipe, st.prompts, vdir, first_frames_dir=cfg_out / "first_frames", image_pipe=st.image,
+                            **st.gen_kw)
+    if st.control_prompts is not None:
+        with stage(f"{v}: motion control"):
+            generate_prompt_set(pipe, st.control_prompts, vdir / CONTROL, first_frames_dir=cfg_out / "first_frames",
+                                image_pipe=st.image, **st.gen_kw)
+
+
+def _evaluators(st: _Study, stage):
+    """The synthetic evaluators (FVD-syn, CLIPSIM-syn, attribute accuracy), trained once and cached on disk; None
+    when the run's metrics need none of them."""
+    if not {"fvd_syn", "clipsim_syn", "attr_acc"} & set(st.inputs.metrics):
+        return None
+    from .metrics.evaluators import load_or_train_evaluators
+    with stage("evaluators"):
+        return load_or_train_evaluators(st.inputs.data_cfg, st.p.eval.evaluator_preset, progress=st.cfg.progress,
+                                        device=st.cfg.device)
+
+
+def _evaluate_row(st: _Study, name: str, ev, raft) -> dict:
+    """The summary of one row (``evaluate_folder``, cached in its summary.json): its videos, and for a trained
+    variant the paired motion-control videos; ``REAL``: the true test clips."""
+    from .harness import load_samples, sample_names
+    cfg = st.cfg
+    samples = sample_names(st.prompts, cfg.samples_per_prompt)
+    names, texts, requested = [x[0] for x in samples], [x[1] for x in samples], [x[3] for x in samples]
+    requested = None if requested[0] is None else np.asarray(requested, dtype=np.float64)
+    folder = st.out / "variants" / name
+    videos = st.inputs.real_videos if name == REAL else load_samples(folder, names)
+    control = None
+    if st.control_prompts is not None and name in cfg.variants:
+        cnames = [s[0] for s in sample_names(st.control_prompts, cfg.samples_per_prompt)]
+        control = (load_samples(folder / CONTROL, cnames),
+                   np.repeat(st.control_prompts.motion.to_numpy(np.float64), cfg.samples_per_prompt))
+    return evaluate_folder(folder, videos, names, texts, requested, st.inputs.reference, ev, st.p, cfg, control,
+                           raft, metrics=st.inputs.metrics, detectors=st.inputs.detectors)
+
+
+def row_jobs(cfg: AblationConfig, dist, n_rows: int) -> tuple[int, int]:
+    """(worker processes, torch threads per worker) for the rows. ``cfg.jobs`` None = auto: on a CPU run outside
+    torchrun, one worker per core (at most one per row), each with cores // jobs threads; otherwise 1.
+
+    Why: at the quick widths a fine-tuning step is thousands of small kernels that two threads share poorly, so
+    two one-thread processes on two cores train two rows at once: 2.67 training steps per second of the machine
+    against 1.75 for one 2-thread process (x1.56 pair by pair; ``benchmarks/bench_threads.py --jobs 2 --mode
+    video``). Generation and RAFT are compute-bound and gain nothing, lose nothing. Every row is seeded by what it
+    is, so the table is the same with any number of jobs at the same threads per process
+    (tests/test_ablation.py)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if dist.world > 1:           # under torchrun the ranks share each row (DDP); rows stay one after the other
+        jobs = 1
+    elif cfg.jobs is not None:
+        jobs = max(1, min(int(cfg.jobs), n_rows))
+    elif str(cfg.device).startswith("cpu") and dist.world == 1 and not cfg.compile:
+        jobs = max(1, min(cores, n_rows))
+    else:
+        jobs = 1
+    return jobs, cfg.threads or max(1, cores // jobs)
+
+
+_WORKER: dict = {}
+
+
+def _exit_with_parent(poll_s: float = 0.2) -> None:
+    """End this worker as soon as the parent process is gone. Why: pool workers outlive a parent killed with
+    SIGKILL (the OOM killer, ``kill -9``), and an orphan still training a row would write into OUT beside the
+    re-run that resumes it."""
+    import threading
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+def _worker_init(cfg: AblationConfig, threads: int) -> None:
+    _exit_with_parent()
+    torch.set_num_threads(threads)
+    from .harness import Dist
+    from .metrics.motion import load_raft
+    # every part is on disk (the parent prepared it, evaluators included): this loads, it does not recompute
+    st = _prepare(cfg, Dist(), lambda name: contextlib.nullcontext())
+    _WORKER.update(study=st, ev=_evaluators(st, lambda name: contextlib.nullcontext()),
+                   raft=load_raft(device=cfg.device))
+
+
+def _worker_row(v: str) -> tuple[str, dict]:
+    timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(name):
+        t = time.perf_counter()
+        yield
+        timings[name] = time.perf_counter() - t
+    if v != REAL:
+        _row(_WORKER["study"], v, stage)
+    with stage(f"{v}: evaluate"):
+        _evaluate_row(_WORKER["study"], v, _WORKER["ev"], _WORKER["raft"])
+    return v, timings
+
+
+def _stop(pool) -> None:
+    """Cancel what has not started and end the running workers (before Python 3.14 there is no public way)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        proc.join(timeout=10)
+
+
+def _rows_in_workers(cfg: AblationConfig, tasks: list[str], jobs: int, threads: int) -> dict[str, float]:
+    """``_row`` then ``_evaluate_row`` for every row in ``jobs`` spawned processes (each loads the study's parts,
+    the evaluators and RAFT once), in the order listed (longest first); returns the stage times the workers measured. A failure in one worker stops them all and is raised here;
+    what the finished rows wrote is kept, so a re-run resumes."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+    from tqdm.auto import tqdm
+    worker_cfg = dataclasses.replace(cfg, progress=False)
+    timings: dict[str, float] = {}
+    # spawn, not fork: a forked child would inherit torch's thread pools and OpenMP state mid-use. A pool of
+    # processes (not multiprocessing.Pool) so that a worker killed by the system fails the run instead of hanging it
+    pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                               initargs=(worker_cfg, threads))
+    bar = tqdm(total=len(tasks), desc=f"rows ({jobs} jobs x {threads} thread(s))", disable=not cfg.progress)
+    try:
+        for fut in as_completed([pool.submit(_worker_row, v) for v in tasks]):
+            v, t = fut.result()
+            timings.update(t)
+            bar.update(1)
+            if cfg.progress:
+                bar.write(f"{v}: " + ", ".join(f"{k.split(': ', 1)[-1]} {s:.0f} s" for k, s in t.items()))
+        pool.shutdown()
+    except BrokenProcessPool as e:
+        _stop(pool)
+        raise RuntimeError(f"a row worker process died ({e}); the rows finished so far are kept in {cfg.out}: "
+                           "re-run the same command to resume (--jobs 1 trains one row at a time)") from None
+    except BaseException:
+        _stop(pool)
+        raise
+    finally:
+        bar.close()
+    return timings
 
 
 def _text_len(image, prompts) -> int:

@@ -197,3 +197,94 @@ def test_dry_run_prints_the_plan(tmp_path):
     p = run_cli(["--preset", "smoke", "--out", str(tmp_path / "dry"), "--dry-run"])
     plan = json.loads(p.stdout)
     assert plan["preset"]["name"] == "smoke" and not (tmp_path / "dry").exists()
+
+
+def test_parallel_row_jobs_give_the_same_table(small_run, tmp_path):
+    """The rows of ``small_run`` were trained in two worker processes (``row_jobs``: auto = one per core, at
+    ``--threads 1`` each); one after the other in this process they give the same videos and metrics."""
+    jobs = json.loads((small_run / "run.json").read_text())["jobs"]
+    if jobs["jobs"] < 2:
+        pytest.skip(f"one CPU core here: small_run ran its rows one after the other ({jobs})")
+    out = tmp_path / "sequential"
+    run_cli(["--preset", "smoke", "--out", str(out), *SMALL, "--jobs", "1"])
+    assert json.loads((out / "run.json").read_text())["jobs"] == {"jobs": 1, "threads_per_job": 1}
+    va, vb = _videos(small_run), _videos(out)
+    assert va.keys() == vb.keys() and len(va) > 0
+    assert all(np.array_equal(va[k], vb[k]) for k in va), "parallel rows changed a video"
+    a = pd.read_csv(small_run / "ablate_blocks.csv").set_index("variant")
+    b = pd.read_csv(out / "ablate_blocks.csv").set_index("variant")
+    cols = [c for c in a.columns if c != "train clips/s" and not c.startswith("train clips/s")]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+
+
+def test_row_jobs_policy():
+    from kv_research.ablation import AblationConfig, row_jobs
+    from kv_research.harness import Dist
+    cores = len(os.sched_getaffinity(0))
+    assert row_jobs(AblationConfig(), Dist(), 7) == (min(cores, 7), max(1, cores // min(cores, 7)))
+    assert row_jobs(AblationConfig(jobs=3, threads=2), Dist(), 7) == (3, 2)
+    assert row_jobs(AblationConfig(jobs=9), Dist(), 2)[0] == 2              # never more jobs than rows
+    assert row_jobs(AblationConfig(device="cuda"), Dist(), 7)[0] == 1      # GPU runs: one process per device
+    assert row_jobs(AblationConfig(), Dist(rank=0, world=2), 7)[0] == 1    # under torchrun: ranks, not jobs
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"multiprocessing" in cmd and b"resource_tracker" not in cmd
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"    # a zombie is gone
+    except (OSError, IndexError):
+        return False
+
+
+def _wait_for_workers(proc, n: int, timeout: float = 120.0) -> list[int]:
+    """The row workers of ``proc`` (spawned processes running multiprocessing's entry point), once n exist."""
+    t = time.monotonic()
+    while time.monotonic() - t < timeout and proc.poll() is None:
+        kids = [k for k in _children(proc.pid) if _is_worker(k)]
+        if len(kids) >= n:
+            return kids
+        time.sleep(0.2)
+    raise AssertionError(f"no {n} row workers appeared (exit {proc.poll()})")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file() or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux /proc and 2 cores")
+def test_a_dead_worker_fails_the_run_and_a_dead_parent_ends_its_workers(tmp_path):
+    from conftest import TINY_RUN_ARGS
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(SCRIPT), *TINY_RUN_ARGS, "--jobs", "2", "--out", str(tmp_path / "run")]
+    # a worker killed by the system (OOM killer): the run stops with a message instead of hanging
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    os.kill(_wait_for_workers(proc, 2)[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "row worker process died" in err, err[-2000:]
+    assert "re-run the same command to resume" in err
+    # the parent killed: its workers end too, so no orphan keeps writing into the folder a re-run resumes
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
+    workers = _wait_for_workers(proc, 2)
+    proc.kill()
+    proc.wait()
+    t = time.monotonic()
+    while time.monotonic() - t < 10 and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    alive = [w for w in workers if _alive(w)]
+    assert not alive, f"row workers {alive} outlived their parent"
