@@ -681,12 +681,12 @@ def row_jobs(cfg: AblationConfig, dist, n_rows: int) -> tuple[int, int]:
 _WORKER: dict = {}
 
 
-def _exit_with_parent(poll_s: float = 0.2) -> None:
-    """End this worker as soon as the parent process is gone. Why: pool workers outlive a parent killed with
+def _exit_with_parent(parent: int, poll_s: float = 0.2) -> None:
+    """End this worker as soon as the parent process ``parent`` is gone (already gone included: a worker still
+    starting up when its parent died has been re-parented by now). Why: pool workers outlive a parent killed with
     SIGKILL (the OOM killer, ``kill -9``), and an orphan still training a row would write into OUT beside the
     re-run that resumes it."""
     import threading
-    parent = os.getppid()
 
     def watch():
         while os.getppid() == parent:
@@ -695,8 +695,8 @@ def _exit_with_parent(poll_s: float = 0.2) -> None:
     threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
-def _worker_init(cfg: AblationConfig, threads: int) -> None:
-    _exit_with_parent()
+def _worker_init(cfg: AblationConfig, threads: int, parent: int) -> None:
+    _exit_with_parent(parent)
     torch.set_num_threads(threads)
     from .harness import Dist
     from .metrics.motion import load_raft
@@ -745,7 +745,7 @@ def _rows_in_workers(cfg: AblationConfig, tasks: list[str], jobs: int, threads: 
     # spawn, not fork: a forked child would inherit torch's thread pools and OpenMP state mid-use. A pool of
     # processes (not multiprocessing.Pool) so that a worker killed by the system fails the run instead of hanging it
     pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                               initargs=(worker_cfg, threads))
+                               initargs=(worker_cfg, threads, os.getpid()))
     bar = tqdm(total=len(tasks), desc=f"rows ({jobs} jobs x {threads} thread(s))", disable=not cfg.progress)
     try:
         for fut in as_completed([pool.submit(_worker_row, v) for v in tasks]):
