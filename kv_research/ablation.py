@@ -696,7 +696,16 @@ def _exit_with_parent(parent: int, poll_s: float = 0.2) -> None:
 
 
 def _worker_init(cfg: AblationConfig, threads: int, parent: int) -> None:
+    import signal
     _exit_with_parent(parent)
+    # Ctrl-C reaches the whole process group: the parent prints the one "interrupted" line and ends the workers,
+    # so a worker must not print a KeyboardInterrupt traceback of its own
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # tqdm's default lock is a multiprocessing RLock, a semaphore that a worker ended by the parent would leave to
+    # multiprocessing's resource tracker (a "leaked semaphore" warning at exit); the workers draw no bars
+    import threading
+    from tqdm.auto import tqdm
+    tqdm.set_lock(threading.RLock())
     torch.set_num_threads(threads)
     from .harness import Dist
     from .metrics.motion import load_raft
@@ -730,6 +739,7 @@ def _stop(pool) -> None:
             proc.terminate()
     for proc in procs:
         proc.join(timeout=10)
+    pool.shutdown(wait=True)     # the manager thread sees the ended workers and releases the queues' semaphores
 
 
 def _rows_in_workers(cfg: AblationConfig, tasks: list[str], jobs: int, threads: int) -> dict[str, float]:
@@ -747,20 +757,27 @@ def _rows_in_workers(cfg: AblationConfig, tasks: list[str], jobs: int, threads: 
     pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                                initargs=(worker_cfg, threads, os.getpid()))
     bar = tqdm(total=len(tasks), desc=f"rows ({jobs} jobs x {threads} thread(s))", disable=not cfg.progress)
+    import signal
+    # the workers are started by the submits: with SIGINT ignored meanwhile, they start with it ignored (an ignored
+    # signal stays ignored across exec), so a Ctrl-C while they import is not a traceback of theirs either
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        for fut in as_completed([pool.submit(_worker_row, v) for v in tasks]):
+        futures = [pool.submit(_worker_row, v) for v in tasks]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        for fut in as_completed(futures):
             v, t = fut.result()
             timings.update(t)
             bar.update(1)
             if cfg.progress:
                 bar.write(f"{v}: " + ", ".join(f"{k.split(': ', 1)[-1]} {s:.0f} s" for k, s in t.items()))
         pool.shutdown()
-    except BrokenProcessPool as e:
+    except BaseException as e:
         _stop(pool)
-        raise RuntimeError(f"a row worker process died ({e}); the rows finished so far are kept in {cfg.out}: "
-                           "re-run the same command to resume (--jobs 1 trains one row at a time)") from None
-    except BaseException:
-        _stop(pool)
+        if isinstance(e, BrokenProcessPool):
+            raise RuntimeError(f"a row worker process died ({e}); the rows finished so far are kept in {cfg.out}: "
+                               "re-run the same command to resume (--jobs 1 trains one row at a time)") from None
         raise
     finally:
         bar.close()

@@ -59,7 +59,8 @@ def smoke_image_unet():
 # the smallest complete ablate_blocks run folder: one variant, 2 + 2 training steps, 2 prompts (motion-control pairs,
 # Untrained and Real rows included), so it holds one file of every kind a run writes. Tests copy it, never modify it.
 TINY_RUN_ARGS = ["--preset", "smoke", "--variants", "Conv1dAttn1dBlocks", "--set", "train.image_steps=2",
-                 "--set", "train.video_steps=2", "--prompt-limit", "2", "--no-progress", "--threads", "1"]
+                 "--set", "train.video_steps=2", "--prompt-limit", "2", "--no-progress", "--threads", "1",
+                 "--jobs", "1"]   # rows in this process: a row takes less than starting a worker would
 
 
 @pytest.fixture(scope="session")

@@ -268,7 +268,7 @@ def _wait_for_workers(proc, n: int, timeout: float = 120.0) -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file() or len(os.sched_getaffinity(0)) < 2,
                     reason="needs Linux /proc and 2 cores")
-def test_a_dead_worker_fails_the_run_and_a_dead_parent_ends_its_workers(tmp_path):
+def test_a_dead_worker_fails_the_run_a_dead_parent_ends_its_workers_and_ctrl_c_is_one_line(tmp_path):
     from conftest import TINY_RUN_ARGS
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(SCRIPT), *TINY_RUN_ARGS, "--jobs", "2", "--out", str(tmp_path / "run")]
@@ -288,3 +288,20 @@ def test_a_dead_worker_fails_the_run_and_a_dead_parent_ends_its_workers(tmp_path
         time.sleep(0.1)
     alive = [w for w in workers if _alive(w)]
     assert not alive, f"row workers {alive} outlived their parent"
+    # Ctrl-C in a terminal (SIGINT to the whole process group) while the workers train: one line, exit 130
+    from kv_research.cli import INTERRUPTED
+    proc = subprocess.Popen([*cmd[:-1], str(tmp_path / "ctrl_c"), "--set", "train.video_steps=400"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+                            start_new_session=True)
+    workers = _wait_for_workers(proc, 2)
+    stats = tmp_path / "ctrl_c" / "variants" / "Conv1dAttn1dBlocks" / "config.json"
+    t = time.monotonic()
+    while not stats.is_file() and time.monotonic() - t < 120:     # a worker is fine-tuning
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err and err.strip().endswith(INTERRUPTED), err[-3000:]
+    t = time.monotonic()
+    while time.monotonic() - t < 30 and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    assert not [w for w in workers if _alive(w)]

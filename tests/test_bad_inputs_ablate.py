@@ -369,9 +369,9 @@ def test_ctrl_c_is_one_line_130_and_the_rerun_finishes(stage, target, remove, ab
     for rel in remove:           # an unfinished stage for the interrupt to land in
         shutil.rmtree(run / rel) if (run / rel).is_dir() else (run / rel).unlink()
     before = _hashes(run)
-    with monkeypatch.context() as m:
+    with monkeypatch.context() as m:    # patched in this process: the rows run here (--jobs 1), not in workers
         m.setattr(target, _interrupt)
-        rc, err = _run(ab.main, [*TINY_RUN_ARGS, "--out", run], capsys)
+        rc, err = _run(ab.main, [*TINY_RUN_ARGS, "--jobs", "1", "--out", run], capsys)
     assert rc == 130 and err.strip() == cli.INTERRUPTED, err
     after = _hashes(run)
     assert {k: v for k, v in after.items() if k in before} == before   # nothing written earlier was changed
@@ -385,4 +385,4 @@ def test_ctrl_c_with_debug_raises(ab, tiny_run, tmp_path, monkeypatch):
     (run / f"{VDIR}/summary.json").unlink()
     monkeypatch.setattr("kv_research.metrics.core.evaluate_videos", _interrupt)
     with pytest.raises(KeyboardInterrupt):
-        cli.run(ab.main, [*TINY_RUN_ARGS, "--out", str(run), "--debug"])
+        cli.run(ab.main, [*TINY_RUN_ARGS, "--jobs", "1", "--out", str(run), "--debug"])

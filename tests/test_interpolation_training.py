@@ -38,7 +38,9 @@ def test_mfi_equals_the_image_model_at_initialisation(parts):
                   repeat(text, "b l d -> (b t) l d", t=9), repeat(mask, "b l -> (b t) l", t=9))
         ref = rearrange(ref[:, :, 0], "(b t) c h w -> b c t h w", t=9)
     assert out.shape == x.shape
-    assert (out - ref).abs().max().item() <= 1e-5
+    # the two sides batch the same frames differently (2 clips x 9 frames vs 18 images), which changes oneDNN's
+    # blocking: 1.4e-5 seen at 2 threads (values up to ~3), far below any real difference
+    assert (out - ref).abs().max().item() <= 5e-5
     assert keyframe_positions(9).tolist() == [0, 4, 8]
     with pytest.raises(ValueError, match="4G \\+ 1"):
         keyframe_positions(8)
