@@ -739,13 +739,14 @@ def _stop(pool) -> None:
             proc.terminate()
     for proc in procs:
         proc.join(timeout=10)
-    pool.shutdown(wait=True)     # the manager thread sees the ended workers and releases the queues' semaphores
+    pool.shutdown(wait=True)     # the pool's manager thread has seen the ended workers before the error goes up
 
 
 def _rows_in_workers(cfg: AblationConfig, tasks: list[str], jobs: int, threads: int) -> dict[str, float]:
     """``_row`` then ``_evaluate_row`` for every row in ``jobs`` spawned processes (each loads the study's parts,
-    the evaluators and RAFT once), in the order listed (longest first); returns the stage times the workers measured. A failure in one worker stops them all and is raised here;
-    what the finished rows wrote is kept, so a re-run resumes."""
+    the evaluators and RAFT once), handed out in the order listed; returns the stage times the workers measured.
+    A failure in one worker stops them all and is raised here; what the finished rows wrote is kept, so a re-run
+    resumes."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool

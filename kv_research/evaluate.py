@@ -68,7 +68,6 @@ import json
 import math
 import struct
 import sys
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -450,18 +449,8 @@ def input_identity(args, metrics: list[str]) -> dict:
 
 def check_out_folder(out: Path, inputs: dict, overwrite: bool) -> None:
     """Refuse, before any work, an --out that is a file, cannot be written, or holds another run's summary."""
-    if out.exists() and not out.is_dir():
-        raise EvaluateInputError(f"--out {out} is an existing file, not a folder")
-    base = out
-    while not base.exists() and base != base.parent:
-        base = base.parent
-    if not base.is_dir():
-        raise EvaluateInputError(f"--out {out}: {base} is a file, so the folder cannot be created")
-    try:
-        with tempfile.TemporaryFile(dir=base):
-            pass
-    except OSError as e:
-        raise EvaluateInputError(f"--out {out}: cannot write in {base} ({e.strerror or e})") from None
+    from .cli import check_out_dir
+    check_out_dir(out)
     summary = out / "summary.json"
     if overwrite or not summary.exists():
         return

@@ -73,3 +73,20 @@ def tiny_run(tmp_path_factory) -> Path:
                         "--out", str(out)], env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     return out
+
+
+# ------------------------------------------------------------------ helpers of the bad-input tests (one per command)
+def one_error_line(err: str, *needles) -> str:
+    """stderr is exactly one ``error: ...`` line, and it contains every needle (file names, values)."""
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for n in needles:
+        assert str(n) in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def never(what):
+    """A stand-in for a function that must not be reached (work started before the input was checked)."""
+    def fail(*a, **k):
+        raise AssertionError(f"{what} should not have been reached")
+    return fail

@@ -40,6 +40,8 @@ import pytest
 import torch
 
 from conftest import TINY_RUN_ARGS
+from conftest import never as _never
+from conftest import one_error_line as _one_error_line
 from kv_research import cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,20 +64,6 @@ def _run(main, argv, capsys):
     cap = capsys.readouterr()
     assert "Traceback" not in cap.err, cap.err
     return rc, cap.err
-
-
-def _one_error_line(err: str, *needles) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for n in needles:
-        assert str(n) in lines[0], (n, lines[0])
-    return lines[0]
-
-
-def _never(what):
-    def fail(*a, **k):
-        raise AssertionError(f"{what} should not have been reached")
-    return fail
 
 
 def _hashes(folder: Path) -> dict:

@@ -29,6 +29,8 @@ import numpy.lib.format as npformat
 import pandas as pd
 import pytest
 
+from conftest import never as _never
+from conftest import one_error_line as _one_error_line
 from kv_research import cli
 from kv_research.evaluate import main
 
@@ -74,20 +76,6 @@ def _run(argv, capsys):
     cap = capsys.readouterr()
     assert "Traceback" not in cap.err, cap.err
     return rc, cap.err, cap.out
-
-
-def _one_error_line(err: str, *needles) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for n in needles:
-        assert str(n) in lines[0], (n, lines[0])
-    return lines[0]
-
-
-def _never(what):
-    def fail(*a, **k):
-        raise AssertionError(f"{what} should not have been reached")
-    return fail
 
 
 def _snapshot(folder: Path) -> dict:
@@ -420,7 +408,7 @@ def test_unusable_out_is_an_error_before_any_work(case, earlier_run, tmp_path, c
         if os.geteuid() == 0:   # root writes through permission bits: simulate the EACCES a user would get
             def denied(*a, **k):
                 raise PermissionError(13, "Permission denied")
-            monkeypatch.setattr("kv_research.evaluate.tempfile.TemporaryFile", denied)
+            monkeypatch.setattr("kv_research.cli.tempfile.TemporaryFile", denied)
         out, needles = ro / "out", [ro / "out", "cannot write in", "Permission denied"]
     rc, err, _ = _run(_argv(vids, prompts, out), capsys)
     assert rc == 2

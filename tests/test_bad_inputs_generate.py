@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import never as _never
+from conftest import one_error_line as _one_error_line
 from kv_research import cli, generate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,20 +41,6 @@ def _run(argv, capsys):
     cap = capsys.readouterr()
     assert "Traceback" not in cap.err, cap.err
     return rc, cap.err
-
-
-def _one_error_line(err: str, *needles) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for n in needles:
-        assert str(n) in lines[0], (n, lines[0])
-    return lines[0]
-
-
-def _never(what):
-    def fail(*a, **k):
-        raise AssertionError(f"{what} should not have been reached")
-    return fail
 
 
 @pytest.fixture
