@@ -67,7 +67,7 @@ def config_from_args(args) -> AblationConfig:
                  samples_per_prompt=args.samples_per_prompt, include_untrained=not args.no_untrained,
                  device=args.device, bf16=args.bf16, compile=args.compile, seed=args.seed,
                  progress=not args.no_progress, overrides=dict(args.overrides), train_bf16=args.train_bf16,
-                 jobs=args.jobs, threads=args.threads or None,
+                 jobs=args.jobs, threads=args.threads or None, channels_last=args.channels_last,
                  **{k: getattr(args, k) for k in REAL_FIELDS})
     if flags["metrics"]:
         flags["metrics"] = tuple(m.strip() for m in flags["metrics"].split(",") if m.strip())
@@ -125,6 +125,9 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=None,
                     help="rows trained and generated at once, in worker processes (default: one per CPU core on a "
                          "CPU run outside torchrun, else 1; 1 = one after the other in this process)")
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                    help="store the UNets' 2-D conv weights channels-last (default: on CPU, where it is faster; "
+                         "--no-channels-last for the default layout, which rounds differently)")
     ap.add_argument("--no-progress", action="store_true")
     from kv_research.cli import debug_enabled, input_errors
     try:

@@ -69,6 +69,7 @@ class AblationConfig:
     train_bf16: bool = False            # bf16 autocast for training too (GPU)
     jobs: int | None = None             # rows trained in parallel worker processes (None: auto; see row_jobs)
     threads: int | None = None          # torch threads per process (None: torch's default; cores // jobs per worker)
+    channels_last: bool | None = None   # UNets' 2-D conv weights channels-last (None: on CPU; models.layers.channels_last_)
 
     def __post_init__(self):
         self.variants = tuple(self.variants)
@@ -78,7 +79,7 @@ class AblationConfig:
     def identity(self) -> dict:
         """What makes two runs the same run (the variant list may grow; the folder and device may change)."""
         d = to_jsonable(self)
-        for k in ("variants", "out", "device", "progress", "compile", "jobs", "threads"):
+        for k in ("variants", "out", "device", "progress", "compile", "jobs", "threads", "channels_last"):
             d.pop(k)
         for k in ("init_kandinsky3", "text_encoder", "codec", "decoder", "data", "reference", "fps", "prompt_limit",
                   "metrics", "i3d", "clip", "train_bf16"):
@@ -581,6 +582,7 @@ def _prepare(cfg: AblationConfig, dist, stage) -> _Study:
     out = Path(cfg.out)
     inputs = prepare_inputs(cfg, p, out, dist, stage)
     image, prompts = inputs.image, inputs.prompts
+    _memory_format(cfg, image)
     amp = torch.bfloat16 if cfg.train_bf16 else None
     if inputs.pretrain:
         with stage("image pretraining"):
@@ -596,6 +598,20 @@ def _prepare(cfg: AblationConfig, dist, stage) -> _Study:
                   amp)
 
 
+def use_channels_last(cfg: AblationConfig) -> bool:
+    """``cfg.channels_last``, or by default on CPU (measured faster there; on GPU the layout is left to the user)."""
+    return cfg.channels_last if cfg.channels_last is not None else str(cfg.device).startswith("cpu")
+
+
+def _memory_format(cfg: AblationConfig, pipe):
+    """Every UNet of the study goes through here (the image model, each inflated row, the untrained row), so all of
+    them use one layout: rows computed in different processes then round alike."""
+    if use_channels_last(cfg):
+        from .models.layers import channels_last_
+        channels_last_(pipe.unet)
+    return pipe
+
+
 def _row(st: _Study, v: str, stage) -> None:
     """One row of the table: inflate the image model, fine-tune, generate the prompt set and the motion-control
     set (``Untrained``: generate from the random-init video model). Every step skips what is already on disk."""
@@ -604,11 +620,11 @@ def _row(st: _Study, v: str, stage) -> None:
     cfg, cfg_out, p = st.cfg, st.out, st.p
     vdir = cfg_out / "variants" / v
     if v == UNTRAINED:
-        raw = st.inputs.untrained().to(st.cfg.device).eval()
+        raw = _memory_format(cfg, st.inputs.untrained().to(st.cfg.device).eval())
         with stage("Untrained: generate"):
             generate_prompt_set(raw, st.prompts, vdir, first_frames_dir=vdir / "first_frames", **st.gen_kw)
         return
-    pipe = st.image.inflated(v, train_spatial=p.train.train_spatial)
+    pipe = _memory_format(cfg, st.image.inflated(v, train_spatial=p.train.train_spatial))   # new temporal convs too
     if cfg.compile:     # compiles forward in place; state_dict keys stay the same (no '_orig_mod.')
         pipe.unet.compile()
     with stage(f"{v}: fine-tune"):

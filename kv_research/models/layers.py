@@ -29,6 +29,24 @@ def zero_init(module: nn.Module) -> nn.Module:
     return module
 
 
+def channels_last_(module: nn.Module) -> nn.Module:
+    """Store every 4-D parameter (the 2-D convolution weights) channels-last, in place; returns ``module``.
+
+    Why: on CPU, oneDNN's channels-last convolutions (forward and backward) are faster at the study's small widths:
+    a quick fine-tuning step -9 to -15 %, a text-to-image step -10 %, a sampling step about -7 % on one thread
+    (``benchmarks/bench_memory_format.py``). A 2-D conv with a channels-last weight returns a
+    channels-last activation, so the layout then carries through the network by itself. Only the summation order
+    inside the kernels changes: outputs agree with the default layout to float32 rounding
+    (tests/test_channels_last.py). Conv3d weights (5-D) keep their layout. State dicts and checkpoints are
+    unaffected (``save_checkpoint`` writes contiguous copies; ``load_state_dict`` copies into the strided weights).
+    """
+    for m in module.modules():
+        for p in m.parameters(recurse=False):
+            if p.ndim == 4:
+                p.data = p.data.contiguous(memory_format=torch.channels_last)
+    return module
+
+
 def sinusoid(x: torch.Tensor, dim: int, style: str = "diffusers") -> torch.Tensor:
     """Kandinsky 3.0's sinusoid of a scalar per item: ``[sin, cos]`` at frequencies ``1e4 ** (-i / (half - 1))``.
 
