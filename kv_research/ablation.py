@@ -485,23 +485,34 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
                 timings[name] = time.perf_counter() - s.t
         return _T()
 
-    # 1-2. the study's parts and the image model ---------------------------------------------------------------
-    st = _prepare(cfg, dist, stage)
-    p, inputs, image, prompts = st.p, st.inputs, st.image, st.prompts
-
-    # 3. each row: inflate, fine-tune, generate (in parallel worker processes when jobs > 1) -----------------
     tasks = list(cfg.variants) + ([UNTRAINED] if cfg.include_untrained else [])
-    rows = tasks + ([REAL] if inputs.real_videos is not None else [])      # the rows of the table
     jobs, threads = row_jobs(cfg, dist, len(tasks))
-    meta["jobs"] = {"jobs": jobs, "threads_per_job": threads if jobs > 1 else torch.get_num_threads()}
-    ev = None
-    if jobs > 1:     # each worker also evaluates its rows: the evaluators are trained (or loaded) once, here
-        ev = _evaluators(st, stage)
-        with stage(f"rows in {jobs} parallel jobs (wall)"):
-            timings.update(_rows_in_workers(cfg, rows, jobs, threads))
-    else:
-        for v in tasks:
-            _row(st, v, stage)
+    workers = _Workers(cfg, jobs, threads) if jobs > 1 else None
+    side = workers is not None and side_lane(cfg, dist)
+    meta["jobs"] = {"jobs": jobs, "threads_per_job": threads if jobs > 1 else torch.get_num_threads(),
+                    "side_lane": side}
+    try:
+        # 1-2. the study's parts and the image model (beside it, in a worker: labels, evaluators, the floor rows)
+        st = _prepare(cfg, dist, stage, workers if side else None)
+        p, inputs, image, prompts = st.p, st.inputs, st.image, st.prompts
+        rows = tasks + ([REAL] if inputs.real_videos is not None else [])      # the rows of the table
+
+        # 3. each row: inflate, fine-tune, generate (in parallel worker processes when jobs > 1) -------------
+        ev = None
+        if workers is not None:   # each worker also evaluates its rows (the evaluators are on disk by now)
+            # trained (or loaded) once, here or by the side lane: then this loads them from disk
+            ev = _evaluators(st, stage if not workers.side_done else (lambda name: stage(f"{name} (loaded)")))
+            with stage(f"rows in {jobs} parallel jobs (wall)"):
+                workers.rows([v for v in rows if v not in workers.side_done])
+            timings.update(workers.timings)
+            workers.close()
+        else:
+            for v in tasks:
+                _row(st, v, stage)
+    except BaseException:
+        if workers is not None:
+            workers.stop()
+        raise
 
     if not dist.main:
         return pd.DataFrame()
@@ -573,23 +584,50 @@ class _Study:
     amp: object
 
 
-def _prepare(cfg: AblationConfig, dist, stage) -> _Study:
+def side_lane(cfg: AblationConfig, dist) -> bool:
+    """Whether, with row workers, one of them computes the motion labels, trains the evaluators and makes the
+    Untrained and Real-clips rows while this process pretrains the image model (none of them needs it).
+
+    Why: text-to-image pretraining is one process's work, and a second thread gains it little (a quick image step
+    0.455 s at 2 threads against 0.588 s at 1, ``benchmarks/bench_threads.py``), so the other core does those
+    stages meanwhile instead of before and after it. Only for the synthetic benchmark with its own prompts (real
+    data bring their labels with their latents)."""
+    return dist.world == 1 and not cfg.data and not cfg.prompts and not cfg.init_kandinsky3
+
+
+def _prepare(cfg: AblationConfig, dist, stage, workers: "_Workers | None" = None, pretrain: bool = True) -> _Study:
     """The study's parts (data, labels, text, prompts, reference, detectors) and the image model, pretrained
-    once and shared by every variant (skipped for Kandinsky 3.0; a finished pretraining is loaded back)."""
-    from .study_inputs import prepare_inputs
+    once and shared by every variant (skipped for Kandinsky 3.0; a finished pretraining is loaded back).
+
+    ``workers``: the side lane (``side_lane``) runs in one of them during the pretraining, which then uses one
+    worker's threads. ``pretrain=False``: the image model stays as initialised (the side lane's own parts)."""
+    from .study_inputs import attach_synthetic_labels, prepare_inputs
     from .train import Trainer
     p = resolved_preset(cfg)
     out = Path(cfg.out)
-    inputs = prepare_inputs(cfg, p, out, dist, stage)
+    inputs = prepare_inputs(cfg, p, out, dist, stage, labels=workers is None)
     image, prompts = inputs.image, inputs.prompts
     _memory_format(cfg, image)
     amp = torch.bfloat16 if cfg.train_bf16 else None
-    if inputs.pretrain:
-        with stage("image pretraining"):
-            tr = Trainer(image, "image", inputs.data, p.train, out / "image", progress=cfg.progress,
-                         device=cfg.device, autocast_dtype=amp)
-            tr.fit()
-            image.load_state_dict(tr.ema_state_dict())     # inflate from the EMA weights
+    side = None
+    if workers is not None:
+        side = workers.side([UNTRAINED] * cfg.include_untrained + [REAL] * (inputs.real_videos is not None))
+    if inputs.pretrain and pretrain:
+        threads = torch.get_num_threads()
+        if side is not None:
+            torch.set_num_threads(workers.threads)          # the other core runs the side lane
+        try:
+            with stage("image pretraining"):
+                tr = Trainer(image, "image", inputs.data, p.train, out / "image", progress=cfg.progress,
+                             device=cfg.device, autocast_dtype=amp)
+                tr.fit()
+                image.load_state_dict(tr.ema_state_dict())     # inflate from the EMA weights
+        finally:
+            torch.set_num_threads(threads)
+    if side is not None:
+        with stage("waiting for the side lane"):
+            workers.wait(side)
+        attach_synthetic_labels(inputs, cfg, p)              # computed by the side lane: read from the cache
     image.to(cfg.device).eval()
     gen_kw = dict(frames=p.frames, size=inputs.size, samples_per_prompt=cfg.samples_per_prompt,
                   batch_size=p.eval.batch_size, base_seed=cfg.seed, dist=dist, progress=cfg.progress,
@@ -723,27 +761,53 @@ def _worker_init(cfg: AblationConfig, threads: int, parent: int) -> None:
     from tqdm.auto import tqdm
     tqdm.set_lock(threading.RLock())
     torch.set_num_threads(threads)
-    from .harness import Dist
-    from .metrics.motion import load_raft
-    # every part is on disk (the parent prepared it, evaluators included): this loads, it does not recompute
-    st = _prepare(cfg, Dist(), lambda name: contextlib.nullcontext())
-    _WORKER.update(study=st, ev=_evaluators(st, lambda name: contextlib.nullcontext()),
-                   raft=load_raft(device=cfg.device))
+    _WORKER["cfg"] = cfg
 
 
-def _worker_row(v: str) -> tuple[str, dict]:
-    timings: dict[str, float] = {}
+def _worker_parts(side: bool, stage=None):
+    """(study, evaluators, RAFT) of this worker, built on its first task. Rows: every part is on disk (the parent
+    prepared it, the image model included), so this loads, it does not recompute. The side lane: the parts that
+    do not need the image model (``_prepare(pretrain=False)``), the labels and evaluators computed here."""
+    key = "side" if side else "rows"
+    if key not in _WORKER:
+        from .harness import Dist
+        from .metrics.motion import load_raft
+        cfg = _WORKER["cfg"]
+        stage = stage or (lambda name: contextlib.nullcontext())
+        st = _prepare(cfg, Dist(), stage, pretrain=not side)
+        _WORKER[key] = (st, _evaluators(st, stage), load_raft(device=cfg.device))
+    return _WORKER[key]
 
+
+def _timer(timings: dict, prefix: str = ""):
     @contextlib.contextmanager
     def stage(name):
         t = time.perf_counter()
         yield
-        timings[name] = time.perf_counter() - t
+        timings[prefix + name] = time.perf_counter() - t
+    return stage
+
+
+def _worker_row(v: str, side: bool = False, timings: dict | None = None) -> tuple[str, dict]:
+    timings = {} if timings is None else timings
+    stage = _timer(timings)
+    st, ev, raft = _worker_parts(side)
     if v != REAL:
-        _row(_WORKER["study"], v, stage)
+        _row(st, v, stage)
     with stage(f"{v}: evaluate"):
-        _evaluate_row(_WORKER["study"], v, _WORKER["ev"], _WORKER["raft"])
+        _evaluate_row(st, v, ev, raft)
     return v, timings
+
+
+def _worker_side(rows: list[str]) -> tuple[str, dict]:
+    """The side lane: motion labels (into the label cache), evaluators (into theirs), then ``rows`` (Untrained,
+    Real clips), all while the parent pretrains the image model."""
+    timings: dict[str, float] = {}
+    _worker_parts(True, _timer(timings, "side lane: "))        # "side lane: benchmark" = clips and motion labels
+    for v in rows:
+        _worker_row(v, side=True, timings=timings)
+    del _WORKER["side"]                                           # its random-init image model is not the study's
+    return "side lane", timings
 
 
 def _stop(pool) -> None:
@@ -758,47 +822,79 @@ def _stop(pool) -> None:
     pool.shutdown(wait=True)     # the pool's manager thread has seen the ended workers before the error goes up
 
 
-def _rows_in_workers(cfg: AblationConfig, tasks: list[str], jobs: int, threads: int) -> dict[str, float]:
-    """``_row`` then ``_evaluate_row`` for every row in ``jobs`` spawned processes (each loads the study's parts,
-    the evaluators and RAFT once), handed out in the order listed; returns the stage times the workers measured.
-    A failure in one worker stops them all and is raised here; what the finished rows wrote is kept, so a re-run
-    resumes."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
-    from tqdm.auto import tqdm
-    worker_cfg = dataclasses.replace(cfg, progress=False)
-    timings: dict[str, float] = {}
-    # spawn, not fork: a forked child would inherit torch's thread pools and OpenMP state mid-use. A pool of
-    # processes (not multiprocessing.Pool) so that a worker killed by the system fails the run instead of hanging it
-    pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                               initargs=(worker_cfg, threads, os.getpid()))
-    bar = tqdm(total=len(tasks), desc=f"rows ({jobs} jobs x {threads} thread(s))", disable=not cfg.progress)
-    import signal
-    # the workers are started by the submits: with SIGINT ignored meanwhile, they start with it ignored (an ignored
-    # signal stays ignored across exec), so a Ctrl-C while they import is not a traceback of theirs either
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        futures = [pool.submit(_worker_row, v) for v in tasks]
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    try:
-        for fut in as_completed(futures):
-            v, t = fut.result()
-            timings.update(t)
-            bar.update(1)
-            if cfg.progress:
-                bar.write(f"{v}: " + ", ".join(f"{k.split(': ', 1)[-1]} {s:.0f} s" for k, s in t.items()))
-        pool.shutdown()
-    except BaseException as e:
-        _stop(pool)
-        if isinstance(e, BrokenProcessPool):
-            raise RuntimeError(f"a row worker process died ({e}); the rows finished so far are kept in {cfg.out}: "
-                               "re-run the same command to resume (--jobs 1 trains one row at a time)") from None
-        raise
-    finally:
-        bar.close()
-    return timings
+class _Workers:
+    """``jobs`` spawned worker processes for the rows (and the side lane), each with ``threads`` torch threads.
+
+    Each worker builds the study's parts on its first task and keeps them. Rows are handed out in the order given.
+    A failure in one worker stops them all and is raised in the parent; what the finished rows wrote is kept, so a
+    re-run resumes. ``timings``: the stage times the workers measured."""
+
+    def __init__(self, cfg: AblationConfig, jobs: int, threads: int):
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        self.cfg, self.jobs, self.threads = cfg, jobs, threads
+        self.timings: dict[str, float] = {}
+        self.side_done: list[str] = []
+        # spawn, not fork: a forked child would inherit torch's thread pools and OpenMP state mid-use. A pool of
+        # processes (not multiprocessing.Pool) so that a worker killed by the system fails the run instead of
+        # hanging it
+        self.pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                        initargs=(dataclasses.replace(cfg, progress=False), threads, os.getpid()))
+
+    def _submit(self, fn, *args):
+        import signal
+        # a submit may start a worker (spawned ones start on demand, when no worker is idle): with SIGINT ignored
+        # meanwhile, it starts with SIGINT ignored (an ignored signal stays ignored across exec), so a Ctrl-C while
+        # it imports is not a traceback of its own
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            return self.pool.submit(fn, *args)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def side(self, rows: list[str]):
+        self.side_rows = rows
+        return self._submit(_worker_side, rows)
+
+    def wait(self, fut) -> None:
+        name, t = self._result(fut)
+        self.timings.update(t)
+        if name == "side lane":
+            self.side_done = list(self.side_rows)
+            if self.cfg.progress:
+                print("side lane: " + ", ".join(f"{k.removeprefix('side lane: ')} {v:.0f} s" for k, v in t.items()),
+                      flush=True)
+
+    def rows(self, tasks: list[str]) -> None:
+        from concurrent.futures import as_completed
+        from tqdm.auto import tqdm
+        futures = [self._submit(_worker_row, v) for v in tasks]
+        bar = tqdm(total=len(tasks), desc=f"rows ({self.jobs} jobs x {self.threads} thread(s))",
+                   disable=not self.cfg.progress)
+        try:
+            for fut in as_completed(futures):
+                v, t = self._result(fut)
+                self.timings.update(t)
+                bar.update(1)
+                if self.cfg.progress:
+                    bar.write(f"{v}: " + ", ".join(f"{k.split(': ', 1)[-1]} {s:.0f} s" for k, s in t.items()))
+        finally:
+            bar.close()
+
+    def _result(self, fut):
+        from concurrent.futures.process import BrokenProcessPool
+        try:
+            return fut.result()
+        except BrokenProcessPool as e:
+            raise RuntimeError(f"a row worker process died ({e}); the rows finished so far are kept in "
+                               f"{self.cfg.out}: re-run the same command to resume (--jobs 1 trains one row at "
+                               "a time)") from None
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+    def stop(self) -> None:
+        _stop(self.pool)
 
 
 def _text_len(image, prompts) -> int:

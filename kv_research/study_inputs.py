@@ -39,7 +39,7 @@ class StudyInputs:
     image: Any                        # KeyframePipeline: the text-to-image model (trained below when ``pretrain``)
     pretrain: bool
     data: Any                         # TrainData | LatentTrainData
-    labels: np.ndarray                # motion labels of the training clips (for the motion-control quantiles)
+    labels: np.ndarray | None         # motion labels of the training clips (motion-control quantiles); None: deferred
     prompts: pd.DataFrame
     reference: Any                    # (M, 3, T, H, W) real videos in [0, 1] for FVD / FVD-syn
     metrics: tuple
@@ -134,10 +134,12 @@ def read_reference(source, frames: int, fps: float, size: int, n: int, progress:
 
 
 # --------------------------------------------------------------------------------------------- synthetic
-def synthetic_data(cfg, p, out: Path, dist):
-    """The embedded benchmark: train clips in memory (pixels) and their RAFT motion labels."""
+def synthetic_data(cfg, p, out: Path, dist, labels: bool = True):
+    """The embedded benchmark: train clips in memory (pixels) and their RAFT motion labels.
+
+    ``labels=False`` leaves the labels for later (``attach_synthetic_labels``): the motion column is NaN, which
+    text-to-image pretraining never reads and which any video loss would turn into a NaN loss at once."""
     from .data.synthetic import build_benchmark, make_clip
-    from .metrics.motion import MotionLabelCache
     from .train import TrainData
     data_cfg = p.synthetic_config()
     if dist.main:
@@ -145,8 +147,25 @@ def synthetic_data(cfg, p, out: Path, dist):
     dist.barrier()
     train_clips = [make_clip(i, data_cfg, "train") for i in range(data_cfg.n_train)]
     clips = torch.stack([c.video for c in train_clips])
-    labels = MotionLabelCache(device=cfg.device).label_synthetic(data_cfg, "train", progress=cfg.progress)
-    return TrainData(clips, [c.caption for c in train_clips], torch.as_tensor(labels, dtype=torch.float32)), labels
+    values = synthetic_labels(cfg, p) if labels else None
+    motion = (torch.as_tensor(values, dtype=torch.float32) if labels
+              else torch.full((len(train_clips),), float("nan")))
+    return TrainData(clips, [c.caption for c in train_clips], motion), values
+
+
+def synthetic_labels(cfg, p):
+    """RAFT motion labels of the synthetic train split (cached per clip: a second call reads them back)."""
+    from .metrics.motion import MotionLabelCache
+    return MotionLabelCache(device=cfg.device).label_synthetic(p.synthetic_config(), "train", progress=cfg.progress)
+
+
+def attach_synthetic_labels(inputs: "StudyInputs", cfg, p) -> "StudyInputs":
+    """Fill in the labels that ``prepare_inputs(labels=False)`` left out (read from the label cache when another
+    process has computed them meanwhile)."""
+    values = synthetic_labels(cfg, p)
+    inputs.data.motion = torch.as_tensor(values, dtype=torch.float32)
+    inputs.labels = np.asarray(values)
+    return inputs
 
 
 def synthetic_reference(data, data_cfg, n: int):
@@ -209,9 +228,14 @@ def image_pipeline(cfg, p, codec, text_encoder):
     return KeyframePipeline(unet, text_encoder, p.diffusion, codec=codec), True
 
 
-def prepare_inputs(cfg, p, out: Path, dist, stage) -> StudyInputs:
+def prepare_inputs(cfg, p, out: Path, dist, stage, labels: bool = True) -> StudyInputs:
     """Resolve every part of the study (``cfg``: an ``AblationConfig``; ``p``: its resolved preset): the offline
-    default of each, or the real one given. ``stage(name)`` times a stage (a context manager)."""
+    default of each, or the real one given. ``stage(name)`` times a stage (a context manager).
+
+    ``labels=False`` (the synthetic benchmark only, and only where prompts carry their own motion) defers the
+    training clips' motion labels: ``inputs.labels`` is None until ``attach_synthetic_labels``."""
+    if not labels and (cfg.data or cfg.prompts):
+        raise ValueError("motion labels can be deferred for the synthetic benchmark and its own prompts only")
     from .data.synthetic import load_prompts, make_clip
     from .models.codec import load_codec
     from .prompt_sets import describe_prompt_set, load_prompt_set
@@ -223,15 +247,15 @@ def prepare_inputs(cfg, p, out: Path, dist, stage) -> StudyInputs:
     real_videos = None
     with stage("benchmark" if not cfg.data else "latents"):
         if cfg.data:
-            data, labels, latents = real_data(cfg, p, out, codec, dist)
+            data, label_values, latents = real_data(cfg, p, out, codec, dist)
             notes["training_data"] = {"source": cfg.data, "clips": len(latents), "skipped": latents.n_skipped,
                                       "fps": cfg.fps, "skipped_list": str(out / "latents" / "skipped.csv")}
         else:
-            data, labels = synthetic_data(cfg, p, out, dist)
+            data, label_values = synthetic_data(cfg, p, out, dist, labels=labels)
     if cfg.prompts:
         prompts = load_prompt_set(cfg.prompts, cfg.prompt_limit)
         if "motion" not in prompts.columns:
-            prompts = requested_motion(prompts, labels)
+            prompts = requested_motion(prompts, label_values)
             notes["requested_motion"] = "training labels' 10/50/90 % quantiles, cycled over the prompts"
     else:
         prompts = load_prompts(out / "benchmark" / "test.csv")
@@ -273,7 +297,8 @@ def prepare_inputs(cfg, p, out: Path, dist, stage) -> StudyInputs:
         fresh.unet.conventions = getattr(image.unet, "conventions", None)
         return fresh.inflated("Conv1dAttn1dBlocks")
     detectors = load_detectors(cfg, metrics, p.frames) if {"fvd", "clipsim"} & set(metrics) else {}
-    return StudyInputs(image=image, pretrain=pretrain, data=data, labels=np.asarray(labels), prompts=prompts,
+    return StudyInputs(image=image, pretrain=pretrain, data=data,
+                       labels=None if label_values is None else np.asarray(label_values), prompts=prompts,
                        reference=reference, metrics=metrics, size=size, untrained=untrained,
                        untrained_note="random-init Conv1dAttn1dBlocks of the same widths, never trained",
                        real_videos=real_videos, data_cfg=data_cfg, detectors=detectors, notes=notes)

@@ -207,7 +207,8 @@ def test_parallel_row_jobs_give_the_same_table(small_run, tmp_path):
         pytest.skip(f"one CPU core here: small_run ran its rows one after the other ({jobs})")
     out = tmp_path / "sequential"
     run_cli(["--preset", "smoke", "--out", str(out), *SMALL, "--jobs", "1"])
-    assert json.loads((out / "run.json").read_text())["jobs"] == {"jobs": 1, "threads_per_job": 1}
+    assert json.loads((out / "run.json").read_text())["jobs"] == {"jobs": 1, "threads_per_job": 1,
+                                                                   "side_lane": False}
     va, vb = _videos(small_run), _videos(out)
     assert va.keys() == vb.keys() and len(va) > 0
     assert all(np.array_equal(va[k], vb[k]) for k in va), "parallel rows changed a video"
@@ -271,7 +272,10 @@ def _wait_for_workers(proc, n: int, timeout: float = 120.0) -> list[int]:
 def test_a_dead_worker_fails_the_run_a_dead_parent_ends_its_workers_and_ctrl_c_is_one_line(tmp_path):
     from conftest import TINY_RUN_ARGS
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(SCRIPT), *TINY_RUN_ARGS, "--jobs", "2", "--out", str(tmp_path / "run")]
+    # two trained rows, so that two workers run at once (Untrained and Real clips go to the side lane, which then
+    # serves a row: spawned workers start on demand)
+    cmd = [sys.executable, str(SCRIPT), *TINY_RUN_ARGS, "--variants", "Spatial", "Conv1dAttn1dBlocks", "--jobs", "2",
+           "--out", str(tmp_path / "run")]
     # a worker killed by the system (OOM killer): the run stops with a message instead of hanging
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
     os.kill(_wait_for_workers(proc, 2)[0], signal.SIGKILL)
