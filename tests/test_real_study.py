@@ -91,6 +91,7 @@ def study_args(parts, out, *extra):
             "--clip", str(parts["weights"] / "vit_b32_openai_open_clip_model.safetensors"),
             "--set", "train.video_steps=4", "--set", "train.ckpt_every=2", "--set", "eval.motion_control_prompts=4",
             "--set", "diffusion.sample_steps=3", "--set", "unet.checkpointing=true", "--train-bf16", "--no-progress",
+            "--jobs", "1",     # rows in this process: a tiny row takes less than starting a worker would
             *extra]
 
 
