@@ -476,15 +476,7 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
     if dist.main and not prev:   # marks a new folder as this run's; an earlier run.json is rewritten only at the
         atomic_write_json(run_json, meta)   # end, so a re-run that fails midway leaves it byte-identical
 
-    def stage(name):
-        class _T:
-            def __enter__(s):
-                s.t = time.perf_counter()
-
-            def __exit__(s, *a):
-                timings[name] = time.perf_counter() - s.t
-        return _T()
-
+    stage = _timer(timings)
     tasks = list(cfg.variants) + ([UNTRAINED] if cfg.include_untrained else [])
     jobs, threads = row_jobs(cfg, dist, len(tasks))
     workers = _Workers(cfg, jobs, threads) if jobs > 1 else None
@@ -609,12 +601,11 @@ def _prepare(cfg: AblationConfig, dist, stage, workers: "_Workers | None" = None
     image, prompts = inputs.image, inputs.prompts
     _memory_format(cfg, image)
     amp = torch.bfloat16 if cfg.train_bf16 else None
-    side = None
     if workers is not None:
-        side = workers.side([UNTRAINED] * cfg.include_untrained + [REAL] * (inputs.real_videos is not None))
+        workers.start_side([UNTRAINED] * cfg.include_untrained + [REAL] * (inputs.real_videos is not None))
     if inputs.pretrain and pretrain:
         threads = torch.get_num_threads()
-        if side is not None:
+        if workers is not None:
             torch.set_num_threads(workers.threads)          # the other core runs the side lane
         try:
             with stage("image pretraining"):
@@ -624,9 +615,9 @@ def _prepare(cfg: AblationConfig, dist, stage, workers: "_Workers | None" = None
                 image.load_state_dict(tr.ema_state_dict())     # inflate from the EMA weights
         finally:
             torch.set_num_threads(threads)
-    if side is not None:
+    if workers is not None:
         with stage("waiting for the side lane"):
-            workers.wait(side)
+            workers.wait_side()
         attach_synthetic_labels(inputs, cfg, p)              # computed by the side lane: read from the cache
     image.to(cfg.device).eval()
     gen_kw = dict(frames=p.frames, size=inputs.size, samples_per_prompt=cfg.samples_per_prompt,
@@ -852,18 +843,17 @@ class _Workers:
         finally:
             signal.signal(signal.SIGINT, previous)
 
-    def side(self, rows: list[str]):
-        self.side_rows = rows
-        return self._submit(_worker_side, rows)
+    def start_side(self, rows: list[str]) -> None:
+        self._side = (self._submit(_worker_side, rows), rows)
 
-    def wait(self, fut) -> None:
-        name, t = self._result(fut)
+    def wait_side(self) -> None:
+        fut, rows = self._side
+        _, t = self._result(fut)
         self.timings.update(t)
-        if name == "side lane":
-            self.side_done = list(self.side_rows)
-            if self.cfg.progress:
-                print("side lane: " + ", ".join(f"{k.removeprefix('side lane: ')} {v:.0f} s" for k, v in t.items()),
-                      flush=True)
+        self.side_done = list(rows)
+        if self.cfg.progress:
+            print("side lane: " + ", ".join(f"{k.removeprefix('side lane: ')} {v:.0f} s" for k, v in t.items()),
+                  flush=True)
 
     def rows(self, tasks: list[str]) -> None:
         from concurrent.futures import as_completed
